@@ -1,0 +1,40 @@
+/*
+ * memtouch.elf — migration workload (runs in ring 3).
+ *   size=N       region size (default: the largest free RAM range)
+ *   passes=N     stop after N passes with "PASS passes=N" (default: run forever)
+ *   heartbeat=N  print "HEARTBEAT <pass>" every N passes (0: never)
+ *   heartbeat-ms=M  ... or after the first pass ending >= M ms after the previous
+ *                heartbeat (default when no heartbeat= is given: 1000 ms)
+ */
+#include "rt.h"
+#include "memtouch.h"
+
+int main(void)
+{
+	u64 size = arg_u64("size", 0);
+	u64 passes = arg_u64("passes", 0);
+	u64 hb_passes, hb_cycles;
+	memtouch_heartbeat_args(&hb_passes, &hb_cycles, 1000);
+	struct mem_range r[64];
+	u32 n = rt_free_ranges(r, ARRAY_SIZE(r));
+	u64 base = 0, len = 0;
+	if (size) {
+		size = ALIGN_UP(size, PAGE_SIZE);
+		for (u32 i = 0; i < n && !base; i++)
+			if (r[i].end - r[i].start >= size)
+				base = r[i].start, len = size;
+		if (!base)
+			fail_config("size=0x%lx does not fit in free RAM", size);
+	} else {
+		for (u32 i = 0; i < n; i++)
+			if (r[i].end - r[i].start > len)
+				base = r[i].start, len = r[i].end - r[i].start;
+		if (!len)
+			fail_config("no free RAM");
+	}
+	u64 pages = len / PAGE_SIZE;
+	printf("MEMTOUCH start=0x%lx pages=%lu\n", base, pages);
+	memtouch_run(-1, base, pages, passes, hb_passes, hb_cycles);
+	printf("PASS passes=%lu\n", passes);
+	return EXIT_PASS;
+}

@@ -1,0 +1,67 @@
+/* The memtouch workload, shared by memtouch.elf and smp.elf. */
+#ifndef MEMTOUCH_H
+#define MEMTOUCH_H
+#include "rt.h"
+
+/*
+ * Passes p = 1, 2, ...: for every page i in address order, check that the
+ * 64-bit counter at the start of page i holds p-1, then store p.
+ * Strict: any other value -> "FAIL [cpu=<c> ]page=<i> expected=<p-1> got=<v> addr=0x..."
+ * and debug-exit EXIT_FAIL. passes = 0 means forever.
+ * Heartbeat "HEARTBEAT <p>[ cpu=<c>]": every hb_passes passes if hb_passes != 0,
+ * else at the end of the first pass that ends >= hb_cycles TSC cycles after the
+ * previous heartbeat (hb_cycles 0: never).
+ */
+static inline void memtouch_run(int cpu, u64 base, u64 pages, u64 passes, u64 hb_passes, u64 hb_cycles)
+{
+	u64 last = rdtsc();
+	for (u64 p = 1; passes == 0 || p <= passes; p++) {
+		const u64 expect = p - 1;
+		volatile u64 *q = (volatile u64 *)base;
+		volatile u64 *end = q + pages * (PAGE_SIZE / 8);
+		for (; q != end; q += PAGE_SIZE / 8) {
+			u64 v = *q;
+			if (unlikely(v != expect)) {
+				u64 i = ((u64)q - base) / PAGE_SIZE;
+				if (cpu >= 0)
+					fail("cpu=%d page=%lu expected=%lu got=%lu addr=0x%lx", cpu, i, expect, v, (u64)q);
+				fail("page=%lu expected=%lu got=%lu addr=0x%lx", i, expect, v, (u64)q);
+			}
+			*q = p;
+		}
+		bool beat;
+		if (hb_passes) {
+			beat = p % hb_passes == 0;
+		} else if (hb_cycles) {
+			u64 now = rdtsc();
+			beat = now - last >= hb_cycles;
+			if (beat)
+				last = now;
+		} else {
+			beat = false;
+		}
+		if (unlikely(beat)) {
+			if (cpu >= 0)
+				printf("HEARTBEAT %lu cpu=%d\n", p, cpu);
+			else
+				printf("HEARTBEAT %lu\n", p);
+		}
+	}
+}
+
+/* Heartbeat settings from the command line: heartbeat=N (passes, 0 = off) or
+ * heartbeat-ms=M (time, default 1000 ms when neither key is given). */
+static inline void memtouch_heartbeat_args(u64 *hb_passes, u64 *hb_cycles, u64 def_ms)
+{
+	*hb_passes = 0;
+	*hb_cycles = 0;
+	char tmp[32];
+	if (arg_str("heartbeat", tmp, sizeof(tmp))) {
+		*hb_passes = arg_u64("heartbeat", 0);
+		return;
+	}
+	u64 ms = arg_u64("heartbeat-ms", def_ms);
+	if (ms)
+		*hb_cycles = ms * tsc_khz();
+}
+#endif

@@ -1,0 +1,37 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "swiftvmm",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "swiftvmm", targets: ["swiftvmm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
+    targets: [
+        // C shim over linux/kvm.h: ioctl numbers and fixed-arity wrappers, no logic.
+        .target(name: "CKVM"),
+        // System libraries used by migration (LZ4 batches, FDT device state).
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CFDT", providers: [.apt(["libfdt-dev"])]),
+        .target(name: "KVM", dependencies: ["CKVM"]),
+        .target(name: "Machine", dependencies: ["KVM", "CKVM"]),
+        .target(name: "Migration", dependencies: [
+            "Machine", "KVM", "CLZ4", "CFDT",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        .target(name: "Control", dependencies: ["Machine", "Migration"]),
+        .executableTarget(name: "swiftvmm", dependencies: [
+            "Machine", "Migration", "Control", "KVM",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM"]),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
+        .testTarget(name: "MigrationTests", dependencies: ["Migration", "Machine"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Machine"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,35 @@
+import ArgumentParser
+import Foundation
+import Glibc
+
+@main
+struct SwiftVMM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swiftvmm",
+        abstract: "A small KVM hypervisor that boots PVH and Linux kernels and live-migrates them.",
+        discussion: """
+        Boot a guest:     swiftvmm run --kernel guest.elf --memory 256M --cmdline "console=ttyS0"
+        Move it:          swiftvmm recv --listen unix:/tmp/vm.mig   (on the target)
+                          swiftvmm send /tmp/vm.sock --to unix:/tmp/vm.mig
+        Exit status of run: the guest's debug-exit value v gives (v<<1)|1; 0 after a reset or
+        clean stop; 2 for an error of the VMM or its input; 3 when the guest crashed.
+        """,
+        subcommands: [Run.self],
+        defaultSubcommand: nil)
+}
+
+/// Exit statuses of swiftvmm itself (odd values belong to the guest's debug-exit port).
+enum Status {
+    static let usageOrHostError: Int32 = 2
+    static let guestCrashed: Int32 = 3
+}
+
+/// Prints `swiftvmm: error: message` on stderr and returns the exit code to throw.
+func fail(_ message: String, code: Int32 = Status.usageOrHostError) -> ExitCode {
+    FileHandle.standardError.write(Data("swiftvmm: error: \(message)\n".utf8))
+    return ExitCode(code)
+}
+
+func note(_ message: String) {
+    FileHandle.standardError.write(Data("swiftvmm: \(message)\n".utf8))
+}
