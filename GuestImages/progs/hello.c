@@ -1,6 +1,8 @@
 /*
  * hello.elf: prints "HELLO <cmdline>" and exits with status 0 (debug-exit 0).
  * With the bare token `info` it first prints boot details (INFO/MEMMAP lines).
+ * fault=ud|gp|pf|de|bp: after the HELLO line, raise that exception in ring 3
+ * (tests the "FAIL exception ..." path; exit status 7).
  */
 #include "rt.h"
 
@@ -20,5 +22,20 @@ int main(void)
 		       tsc_khz(), c);
 	}
 	printf("HELLO %s\n", rt_cmdline);
+	char f[8];
+	if (arg_str("fault", f, sizeof(f))) {
+		if (!strcmp(f, "ud"))
+			__asm__ __volatile__("ud2");
+		else if (!strcmp(f, "gp"))
+			__asm__ __volatile__("cli; hlt"); /* privileged in ring 3 */
+		else if (!strcmp(f, "pf"))
+			*(volatile u64 *)0x8000000000UL = 1; /* 512 GiB: not mapped */
+		else if (!strcmp(f, "de")) {
+			u32 a = 1, d = 0, z = 0;
+			__asm__ __volatile__("divl %2" : "+a"(a), "+d"(d) : "r"(z));
+		} else if (!strcmp(f, "bp"))
+			__asm__ __volatile__("int3");
+		fail_config("fault=%s did not fault", f);
+	}
 	return EXIT_PASS;
 }

@@ -34,7 +34,14 @@ int main(void)
 	}
 	u64 pages = len / PAGE_SIZE;
 	printf("MEMTOUCH start=0x%lx pages=%lu\n", base, pages);
-	memtouch_run(-1, base, pages, passes, hb_passes, hb_cycles);
+	u64 corrupt = arg_u64("corrupt-after", 0);
+	if (corrupt && (passes == 0 || corrupt < passes)) {
+		memtouch_run(-1, base, pages, 1, corrupt, hb_passes, hb_cycles);
+		*(volatile u64 *)(base + (pages - 1) * PAGE_SIZE) = 0xdead;
+		memtouch_run(-1, base, pages, corrupt + 1, passes, hb_passes, hb_cycles);
+	} else {
+		memtouch_run(-1, base, pages, 1, passes, hb_passes, hb_cycles);
+	}
 	printf("PASS passes=%lu\n", passes);
 	return EXIT_PASS;
 }

@@ -16,7 +16,7 @@ static volatile u32 done[MAX_CPUS];
 
 static void work(u32 cpu)
 {
-	memtouch_run((int)cpu, region[cpu], pages, passes, hb_passes, hb_cycles);
+	memtouch_run((int)cpu, region[cpu], pages, 1, passes, hb_passes, hb_cycles);
 	printf("CPU %u done\n", cpu);
 	__atomic_store_n(&done[cpu], 1, __ATOMIC_RELEASE);
 }

@@ -4,7 +4,7 @@
 #include "rt.h"
 
 /*
- * Passes p = 1, 2, ...: for every page i in address order, check that the
+ * Passes p = first, first+1, ... passes: for every page i in address order, check that the
  * 64-bit counter at the start of page i holds p-1, then store p.
  * Strict: any other value -> "FAIL [cpu=<c> ]page=<i> expected=<p-1> got=<v> addr=0x..."
  * and debug-exit EXIT_FAIL. passes = 0 means forever.
@@ -12,10 +12,11 @@
  * else at the end of the first pass that ends >= hb_cycles TSC cycles after the
  * previous heartbeat (hb_cycles 0: never).
  */
-static inline void memtouch_run(int cpu, u64 base, u64 pages, u64 passes, u64 hb_passes, u64 hb_cycles)
+static inline void memtouch_run(int cpu, u64 base, u64 pages, u64 first, u64 passes, u64 hb_passes,
+				u64 hb_cycles)
 {
 	u64 last = rdtsc();
-	for (u64 p = 1; passes == 0 || p <= passes; p++) {
+	for (u64 p = first; passes == 0 || p <= passes; p++) {
 		const u64 expect = p - 1;
 		volatile u64 *q = (volatile u64 *)base;
 		volatile u64 *end = q + pages * (PAGE_SIZE / 8);

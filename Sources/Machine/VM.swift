@@ -85,6 +85,7 @@ public final class VM: @unchecked Sendable, StopRequester {
     }
     private let lock = NSCondition()
     private var control = Control()
+    private let deviceList = Mutex<[any MigratableDevice]>([])
 
     public static let tssAddress: UInt64 = 0xfffb_d000
     public static let identityMapAddress: UInt64 = 0xfffb_c000
@@ -155,6 +156,7 @@ public final class VM: @unchecked Sendable, StopRequester {
             try pio.register(I8042(stopper: self), base: I8042.base, length: 5)
             try pio.register(CMOS(), base: CMOS.base, length: 2)
         } catch { throw .config(error.description) }
+        addDevice(serial)
     }
 
     /// LINT0 as ExtINT and LINT1 as NMI: the virtual-wire setup firmware leaves behind.
@@ -168,6 +170,26 @@ public final class VM: @unchecked Sendable, StopRequester {
         }
         try v.setLAPIC(l)
     }
+
+    // MARK: devices
+
+    /// Devices whose state migrates, in the order they were added (the order both sides use).
+    public var devices: [any MigratableDevice] { deviceList.withLock { $0 } }
+
+    /// Adds a device to the migratable set.
+    public func addDevice(_ device: any MigratableDevice) {
+        deviceList.withLock { $0.append(device) }
+    }
+
+    /// Index the next virtio-mmio device takes (its window and IRQ follow from it).
+    public var nextVirtioIndex: Int {
+        deviceList.withLock { list in list.filter { $0.stateName.hasPrefix("virtio") }.count }
+    }
+
+    /// Stops every device and waits for in-flight requests (vCPUs must already be paused).
+    public func quiesceDevices() { for d in devices { d.quiesce() } }
+
+    public func unquiesceDevices() { for d in devices { d.unquiesce() } }
 
     // MARK: boot
 

@@ -30,6 +30,12 @@ struct Run: ParsableCommand {
     @Option(help: "Name of the VM (used for the generated MAC address and in status output).")
     var name: String = "swiftvmm"
 
+    @Option(help: ArgumentHelp("A virtio-blk disk over a file; vol= names it for migration (default: the file name).", valueName: "[vol=NAME,]path=P[,readonly]"))
+    var disk: [String] = []
+
+    @Option(help: ArgumentHelp("A virtio-net NIC on a TAP interface (created if absent and allowed).", valueName: "tap=IF[,mac=MAC]"))
+    var net: [String] = []
+
     @Option(help: .hidden)
     var kvmDevice: String = "/dev/kvm"
 
@@ -38,18 +44,24 @@ struct Run: ParsableCommand {
         options.kvmDevice = kvmDevice
         let kernelBytes = try readInput(kernel, what: "kernel")
         let initrdBytes = try initrd.map { try readInput($0, what: "initrd") }
+        let disks = try disk.map(DeviceOptions.parseDisk)
+        let nets = try net.map(DeviceOptions.parseNet)
         let map: MemoryMap
         do { map = try MemoryMap(memorySize: options.memorySize) } catch { throw fail("--memory \(memory): \(error)") }
-        let plan: BootPlan
+        // Check the kernel fits before any device or VM exists.
         do {
-            plan = try KernelLoader.plan(BootConfig(kernel: kernelBytes, initrd: initrdBytes, cmdline: cmdline,
-                                                    memoryMap: map, cpus: options.cpus))
+            _ = try KernelLoader.plan(BootConfig(kernel: kernelBytes, initrd: initrdBytes, cmdline: cmdline,
+                                                 memoryMap: map, cpus: options.cpus))
         } catch { throw fail("\(kernel): \(error)") }
         let vm: VM
+        do { vm = try VM(config: options.vmConfig) } catch { throw fail("\(error)") }
+        let tokens = try DeviceOptions.attach(disks: disks, nets: nets, to: vm)
+        let fullCmdline = ([cmdline] + tokens).filter { !$0.isEmpty }.joined(separator: " ")
         do {
-            vm = try VM(config: options.vmConfig)
+            let plan = try KernelLoader.plan(BootConfig(kernel: kernelBytes, initrd: initrdBytes, cmdline: fullCmdline,
+                                                        memoryMap: map, cpus: options.cpus))
             try vm.load(plan)
-        } catch { throw fail("\(error)") }
+        } catch { throw fail("\(kernel): \(error)") }
         let code = runUntilStopped(vm)
         throw ExitCode(code)
     }

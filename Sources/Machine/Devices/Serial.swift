@@ -161,3 +161,31 @@ public final class Serial: BusDevice {
         state.withLock { $0 = s; update(s) }
     }
 }
+
+extension Serial: MigratableDevice {
+    public var stateName: String { "serial@3f8" }
+    public func quiesce() {}
+    public func unquiesce() {}
+
+    public func saveState() -> StateNode {
+        let s: State = saveState()
+        var n = StateNode(name: stateName)
+        n.set("registers", bytes: [s.ier, s.lcr, s.mcr, s.lsr, s.msr, s.scr, s.dll, s.dlh, s.fcr])
+        n.set("thri-pending", s.thriPending)
+        n.set("rx-fifo", bytes: s.rx)
+        return n
+    }
+
+    public func restoreState(_ node: StateNode) throws(StateError) {
+        let r = try node.bytes("registers")
+        guard r.count == 9 else { throw .badSize(node: stateName, property: "registers", expected: 9, got: r.count) }
+        let rx = try node.bytes("rx-fifo")
+        guard rx.count <= Self.rxCapacity else { throw .invalid(node: stateName, reason: "rx FIFO holds \(rx.count) bytes, more than \(Self.rxCapacity)") }
+        var s = State()
+        s.ier = r[0]; s.lcr = r[1]; s.mcr = r[2]; s.lsr = r[3]; s.msr = r[4]; s.scr = r[5]
+        s.dll = r[6]; s.dlh = r[7]; s.fcr = r[8]
+        s.thriPending = try node.bool("thri-pending")
+        s.rx = rx
+        restore(s)
+    }
+}
