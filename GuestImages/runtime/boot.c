@@ -119,12 +119,16 @@ static void setup_idt(void)
 	}
 }
 
+/* Programs may do a little extra ring-0 set-up (e.g. timecheck's kvmclock MSR). */
+__attribute__((weak)) void rt_ring0_setup(void) {}
+
 NORETURN void boot_bsp(void)
 {
 	map_high((struct hvm_start_info *)pvh_start_info);
 	setup_idt();
 	load_idt();
 	setup_tss(0, &bsp_tss, (u64)bsp_kstack_top);
+	rt_ring0_setup();
 	enter_user((u64)rt_user_start_bsp, (u64)bsp_ustack_top - 8, 0);
 }
 

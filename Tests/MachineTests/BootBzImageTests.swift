@@ -1,17 +1,20 @@
 import Testing
 @testable import Machine
 
+private let MiB: UInt64 = 1 << 20
+private let GiB: UInt64 = 1 << 30
+
 @Suite("bzImage 64-bit boot protocol")
 struct BootBzImageTests {
-    typealias Options = TestImage.BzImageOptions
+    typealias Options = BootImage.BzImageOptions
 
     func plan(_ o: Options = Options(), initrd: [UInt8]? = nil, cmdline: String = "", memory size: UInt64 = 256 * MiB) throws -> BootPlan {
-        try KernelLoader.plan(BootConfig(kernel: TestImage.bzImage(o), initrd: initrd, cmdline: cmdline,
-                                         memoryMap: try memory(size)))
+        try KernelLoader.plan(BootConfig(kernel: BootImage.bzImage(o), initrd: initrd, cmdline: cmdline,
+                                         memoryMap: try bootMap(size)))
     }
 
     func error(_ o: Options, initrd: [UInt8]? = nil, cmdline: String = "", memory size: UInt64 = 256 * MiB) throws -> BootError? {
-        bootError(BootConfig(kernel: TestImage.bzImage(o), initrd: initrd, cmdline: cmdline, memoryMap: try memory(size)))
+        bootError(BootConfig(kernel: BootImage.bzImage(o), initrd: initrd, cmdline: cmdline, memoryMap: try bootMap(size)))
     }
 
     @Test("loads at pref_address and enters 64-bit code at load + 0x200 with RSI → boot_params")
@@ -19,9 +22,9 @@ struct BootBzImageTests {
         let p = try plan()
         #expect(p.format == .bzImage)
         #expect(p.entry == .linux64(entry: 0x100_0200, bootParams: 0x7000, pml4: 0x9000, gdtBase: 0x500, gdtLimit: 47))
-        #expect(p.write(at: 0x100_0000)?.bytes == TestImage.payload(0x3000, seed: 3))
+        #expect(p.write(at: 0x100_0000)?.bytes == BootImage.payload(0x3000, seed: 3))
         #expect(p.kernelRange == GuestAddress(0x100_0000) ..< GuestAddress(0x180_0000))   // + init_size
-        expectSane(p, try memory(256 * MiB))
+        expectSanePlan(p, try bootMap(256 * MiB))
     }
 
     @Test("without a usable pref_address it loads at 1 MiB and reserves from the aligned run address")
@@ -31,7 +34,7 @@ struct BootBzImageTests {
         o.setupSects = 0                                       // means 4
         let p = try plan(o)
         #expect(p.entry == .linux64(entry: 0x100200, bootParams: 0x7000, pml4: 0x9000, gdtBase: 0x500, gdtLimit: 47))
-        #expect(p.write(at: 0x100000)?.bytes == TestImage.payload(0x3000, seed: 3))
+        #expect(p.write(at: 0x100000)?.bytes == BootImage.payload(0x3000, seed: 3))
         #expect(p.kernelRange == GuestAddress(0x100000) ..< GuestAddress(0x20_0000 + 0x80_0000))
     }
 
@@ -45,9 +48,9 @@ struct BootBzImageTests {
         var noMagic = Options()
         noMagic.magic = Array("HdrX".utf8)
         guard case .malformedBzImage = try error(noMagic) else { Issue.record("missing HdrS accepted"); return }
-        var nothing = TestImage.bzImage(noMagic)
-        nothing.put(UInt16(0), at: 0x1fe)
-        #expect(bootError(BootConfig(kernel: nothing, memoryMap: try memory(64 * MiB))) == .unrecognizedKernel)
+        var nothing = BootImage.bzImage(noMagic)
+        nothing.putLE(UInt16(0), at: 0x1fe)
+        #expect(bootError(BootConfig(kernel: nothing, memoryMap: try bootMap(64 * MiB))) == .unrecognizedKernel)
 
         var badFlag = Options()
         badFlag.bootFlag = 0x55aa
@@ -66,8 +69,8 @@ struct BootBzImageTests {
         shortJump.jump = 0x10
         guard case .malformedBzImage = try error(shortJump) else { Issue.record("short header accepted"); return }
 
-        let map = try memory(64 * MiB)
-        let full = TestImage.bzImage()
+        let map = try bootMap(64 * MiB)
+        let full = BootImage.bzImage()
         for length in [0x203, 0x206, 0x208, 0x230, 0x263, 5 * 512] {
             let e = bootError(BootConfig(kernel: Array(full.prefix(length)), memoryMap: map))
             guard case .truncated = e else { Issue.record("prefix \(length): \(String(describing: e))"); continue }
@@ -76,27 +79,27 @@ struct BootBzImageTests {
 
     @Test("boot_params: copied header, loader fields, command line and ramdisk pointers, e820")
     func bootParams() throws {
-        let initrd = TestImage.payload(5000, seed: 7)
+        let initrd = BootImage.payload(5000, seed: 7)
         let p = try plan(initrd: initrd, cmdline: "console=ttyS0 reboot=k")
         let z = try #require(p.write(at: 0x7000)?.bytes)
         #expect(z.count == 4096)
         #expect(z[0x1f1] == 4)                                   // setup_sects, copied
-        #expect(z.get(UInt16.self, at: 0x1fe) == 0xaa55)
+        #expect(z.getLE(UInt16.self, at: 0x1fe) == 0xaa55)
         #expect(Array(z[0x202 ..< 0x206]) == Array("HdrS".utf8))
-        #expect(z.get(UInt16.self, at: 0x206) == 0x020f)
-        #expect(z.get(UInt16.self, at: 0x20e) == 0x1234)
-        #expect(z.get(UInt32.self, at: 0x268) == 0xabcd)         // last header field (jump 0x6a)
+        #expect(z.getLE(UInt16.self, at: 0x206) == 0x020f)
+        #expect(z.getLE(UInt16.self, at: 0x20e) == 0x1234)
+        #expect(z.getLE(UInt32.self, at: 0x268) == 0xabcd)         // last header field (jump 0x6a)
         #expect(z[0x1ef] == 0)                                   // sentinel
         #expect(z[0x210] == 0xff)                                // type_of_loader
         #expect(z[0x211] == 0x81)                                // LOADED_HIGH | CAN_USE_HEAP
-        #expect(z.get(UInt16.self, at: 0x224) == 0xde00)         // heap_end_ptr
-        #expect(z.get(UInt32.self, at: 0x228) == 0x20000)        // cmd_line_ptr
-        #expect(z.get(UInt32.self, at: 0x0c8) == 0)              // ext_cmd_line_ptr
+        #expect(z.getLE(UInt16.self, at: 0x224) == 0xde00)         // heap_end_ptr
+        #expect(z.getLE(UInt32.self, at: 0x228) == 0x20000)        // cmd_line_ptr
+        #expect(z.getLE(UInt32.self, at: 0x0c8) == 0)              // ext_cmd_line_ptr
         let start = (256 * MiB - 5000) & ~0xfff
-        #expect(z.get(UInt32.self, at: 0x218) == UInt32(start))  // ramdisk_image
-        #expect(z.get(UInt32.self, at: 0x21c) == 5000)           // ramdisk_size
-        #expect(z.get(UInt32.self, at: 0x0c0) == 0)
-        #expect(z.get(UInt32.self, at: 0x0c4) == 0)
+        #expect(z.getLE(UInt32.self, at: 0x218) == UInt32(start))  // ramdisk_image
+        #expect(z.getLE(UInt32.self, at: 0x21c) == 5000)           // ramdisk_size
+        #expect(z.getLE(UInt32.self, at: 0x0c0) == 0)
+        #expect(z.getLE(UInt32.self, at: 0x0c4) == 0)
         #expect(p.write(at: start)?.bytes == initrd)
         #expect(p.read(0x20000, 23) == Array("console=ttyS0 reboot=k\0".utf8))
         #expect(z[0x1e8] == 3)
@@ -111,8 +114,8 @@ struct BootBzImageTests {
     func e820(_ z: [UInt8]) -> [E820Entry] {
         (0 ..< Int(z[0x1e8])).map {
             let at = 0x2d0 + $0 * 20
-            return E820Entry(address: GuestAddress(z.get(UInt64.self, at: at)), size: z.get(UInt64.self, at: at + 8),
-                             type: z.get(UInt32.self, at: at + 16))
+            return E820Entry(address: GuestAddress(z.getLE(UInt64.self, at: at)), size: z.getLE(UInt64.self, at: at + 8),
+                             type: z.getLE(UInt32.self, at: at + 16))
         }
     }
 
@@ -121,8 +124,8 @@ struct BootBzImageTests {
         var o = Options()
         o.jump = 0x66                                           // 2.12-style header, ends at 0x268
         let z = try #require(try plan(o).write(at: 0x7000)?.bytes)
-        #expect(z.get(UInt32.self, at: 0x264) == 0x190)
-        #expect(z.get(UInt32.self, at: 0x268) == 0)
+        #expect(z.getLE(UInt32.self, at: 0x264) == 0x190)
+        #expect(z.getLE(UInt32.self, at: 0x268) == 0)
     }
 
     @Test("e820 of a 5 GiB machine: low RAM to 3 GiB, the hole left out, 2 GiB above 4 GiB")
@@ -133,7 +136,7 @@ struct BootBzImageTests {
                             E820Entry(address: GuestAddress(0x9fc00), size: 0x60400, type: 2),
                             E820Entry(address: GuestAddress(0x100000), size: 3 * GiB - MiB, type: 1),
                             E820Entry(address: GuestAddress(4 * GiB), size: 2 * GiB, type: 1)])
-        expectSane(p, try memory(5 * GiB))
+        expectSanePlan(p, try bootMap(5 * GiB))
     }
 
     @Test("the initrd goes page-aligned below initrd_addr_max and above the kernel's init_size")
@@ -156,7 +159,7 @@ struct BootBzImageTests {
         // Tight: a 32 MiB machine, kernel to 24 MiB, an 8 MiB initrd fits exactly.
         let exact = try plan(initrd: [UInt8](repeating: 1, count: Int(8 * MiB)), memory: 32 * MiB)
         #expect(exact.initrdRange == GuestAddress(24 * MiB) ..< GuestAddress(32 * MiB))
-        expectSane(exact, try memory(32 * MiB))
+        expectSanePlan(exact, try bootMap(32 * MiB))
     }
 
     @Test("a kernel or initrd too big for --memory is refused with sizes")
@@ -193,23 +196,23 @@ struct BootBzImageTests {
         let p = try plan()
         let pml4 = try #require(p.write(at: 0x9000)?.bytes)
         #expect(pml4.count == 4096)
-        #expect(pml4.get(UInt64.self, at: 0) == 0xa003)
+        #expect(pml4.getLE(UInt64.self, at: 0) == 0xa003)
         #expect(pml4[8...].allSatisfy { $0 == 0 })
         let pdpt = try #require(p.write(at: 0xa000)?.bytes)
-        for i in 0 ..< 4 { #expect(pdpt.get(UInt64.self, at: i * 8) == 0xb003 + UInt64(i) * 0x1000) }
+        for i in 0 ..< 4 { #expect(pdpt.getLE(UInt64.self, at: i * 8) == 0xb003 + UInt64(i) * 0x1000) }
         #expect(pdpt[32...].allSatisfy { $0 == 0 })
         let pds = try #require(p.write(at: 0xb000)?.bytes)
         #expect(pds.count == 4 * 4096)
         for i in [0, 1, 511, 512, 1024, 2047] {
-            #expect(pds.get(UInt64.self, at: i * 8) == UInt64(i) << 21 | 0x83)
+            #expect(pds.getLE(UInt64.self, at: i * 8) == UInt64(i) << 21 | 0x83)
         }
         let gdt = try #require(p.write(at: 0x500)?.bytes)
         #expect(gdt.count == 48)
-        #expect(gdt.get(UInt64.self, at: 0x00) == 0)
-        #expect(gdt.get(UInt64.self, at: 0x08) == 0x00cf_9b00_0000_ffff)
-        #expect(gdt.get(UInt64.self, at: 0x10) == 0x00af_9b00_0000_ffff)
-        #expect(gdt.get(UInt64.self, at: 0x18) == 0x00cf_9300_0000_ffff)
-        #expect(gdt.get(UInt64.self, at: 0x20) == 0x0000_8b00_0000_0067)
-        #expect(gdt.get(UInt64.self, at: 0x28) == 0)
+        #expect(gdt.getLE(UInt64.self, at: 0x00) == 0)
+        #expect(gdt.getLE(UInt64.self, at: 0x08) == 0x00cf_9b00_0000_ffff)
+        #expect(gdt.getLE(UInt64.self, at: 0x10) == 0x00af_9b00_0000_ffff)
+        #expect(gdt.getLE(UInt64.self, at: 0x18) == 0x00cf_9300_0000_ffff)
+        #expect(gdt.getLE(UInt64.self, at: 0x20) == 0x0000_8b00_0000_0067)
+        #expect(gdt.getLE(UInt64.self, at: 0x28) == 0)
     }
 }

@@ -2,8 +2,11 @@ import Foundation
 import Testing
 @testable import Machine
 
+private let MiB: UInt64 = 1 << 20
+private let GiB: UInt64 = 1 << 30
+
 /// SplitMix64: deterministic, so a failure reproduces.
-struct SeededRandom: RandomNumberGenerator {
+private struct SeededRandom: RandomNumberGenerator {
     var state: UInt64
     mutating func next() -> UInt64 {
         state &+= 0x9e37_79b9_7f4a_7c15
@@ -20,7 +23,7 @@ struct BootFuzzTests {
                                         0x7fff_ffff, 0xffff_ffff, 0x1_0000_0000, UInt64(Int64.max), UInt64.max - 1, UInt64.max]
 
     /// Overwrites 1…8 random spots with random bytes or boundary values, sometimes truncates.
-    static func mutate(_ input: [UInt8], _ rng: inout SeededRandom, hotZone: Int) -> [UInt8] {
+    fileprivate static func mutate(_ input: [UInt8], _ rng: inout SeededRandom, hotZone: Int) -> [UInt8] {
         var b = input
         for _ in 0 ..< Int.random(in: 1 ... 8, using: &rng) where !b.isEmpty {
             let limit = Bool.random(using: &rng) ? min(hotZone, b.count) : b.count
@@ -46,7 +49,7 @@ struct BootFuzzTests {
     static func check(_ kernel: [UInt8], initrd: [UInt8]?, map: MemoryMap, cpus: Int) -> Bool {
         do {
             let plan = try KernelLoader.plan(BootConfig(kernel: kernel, initrd: initrd, cmdline: "console=ttyS0", memoryMap: map, cpus: cpus))
-            expectSane(plan, map)
+            expectSanePlan(plan, map)
             return true
         } catch {
             #expect(!error.description.isEmpty && !error.description.contains("\n"))
@@ -57,14 +60,14 @@ struct BootFuzzTests {
     @Test("2000 random byte strings never crash the loader")
     func randomBytes() throws {
         var rng = SeededRandom(state: 0x5eed_0001)
-        let map = try memory(64 * MiB)
+        let map = try bootMap(64 * MiB)
         for i in 0 ..< 2000 {
             var bytes = (0 ..< Int.random(in: 0 ... 1024, using: &rng)).map { _ in UInt8.random(in: 0 ... 255, using: &rng) }
             // Give some of them a valid-looking magic so the parsers, not the sniffing, see them.
             if i % 3 == 0, bytes.count >= 4 { bytes.replaceSubrange(0 ..< 4, with: [0x7f, 0x45, 0x4c, 0x46]) }
             if i % 3 == 1, bytes.count >= 0x206 {
                 bytes.replaceSubrange(0x202 ..< 0x206, with: Array("HdrS".utf8))
-                bytes.put(UInt16(0xaa55), at: 0x1fe)
+                bytes.putLE(UInt16(0xaa55), at: 0x1fe)
             }
             _ = Self.check(bytes, initrd: nil, map: map, cpus: 1)
         }
@@ -73,22 +76,22 @@ struct BootFuzzTests {
     @Test("3000 mutated ELF and bzImage kernels never crash, and whatever loads is sane")
     func mutated() throws {
         var rng = SeededRandom(state: 0x5eed_0002)
-        let maps = [try memory(16 * MiB), try memory(64 * MiB), try memory(5 * GiB)]
-        let gnu = TestImage.Note(name: Array("GNU\0".utf8), type: 3, desc: [1, 2, 3, 4])
+        let maps = [try bootMap(16 * MiB), try bootMap(64 * MiB), try bootMap(5 * GiB)]
+        let gnu = BootImage.Note(name: Array("GNU\0".utf8), type: 3, desc: [1, 2, 3, 4])
         let seeds: [(bytes: [UInt8], hot: Int)] = [
-            (TestImage.elf(), 200),
-            (TestImage.elf(is64: false, segments: [.init(paddr: 0x200000, data: TestImage.payload(64), memsz: 0x3000)],
+            (BootImage.elf(), 200),
+            (BootImage.elf(is64: false, segments: [.init(paddr: 0x200000, data: BootImage.payload(64), memsz: 0x3000)],
                            notes: [gnu, .entry32(0x200000)]), 160),
-            (TestImage.elf(segments: [.init(paddr: 0x100000, data: TestImage.payload(64)),
-                                      .init(paddr: 0x400000, data: TestImage.payload(64), memsz: 0x10000)],
+            (BootImage.elf(segments: [.init(paddr: 0x100000, data: BootImage.payload(64)),
+                                      .init(paddr: 0x400000, data: BootImage.payload(64), memsz: 0x10000)],
                            notes: [.entry64(0x100000)], notesInSectionOnly: true), 300),
-            (TestImage.bzImage(), 0x270),
+            (BootImage.bzImage(), 0x270),
         ]
         var loaded = 0
         for i in 0 ..< 3000 {
             let seed = seeds[i % seeds.count]
             let kernel = Self.mutate(seed.bytes, &rng, hotZone: seed.hot)
-            let initrd: [UInt8]? = i % 5 == 0 ? TestImage.payload(Int.random(in: 1 ... 5000, using: &rng)) : nil
+            let initrd: [UInt8]? = i % 5 == 0 ? BootImage.payload(Int.random(in: 1 ... 5000, using: &rng)) : nil
             let map = maps[Int.random(in: 0 ..< maps.count, using: &rng)]
             if Self.check(kernel, initrd: initrd, map: map, cpus: Int.random(in: 1 ... 4, using: &rng)) { loaded += 1 }
         }
@@ -109,14 +112,14 @@ struct BootRealImageTests {
 
     @Test("GuestImages/out/*.elf plan as PVH kernels when present")
     func guestImages() throws {
-        let map = try memory(256 * MiB)
+        let map = try bootMap(256 * MiB)
         for url in Self.images {
             let kernel = try [UInt8](Data(contentsOf: url))
             let plan = try KernelLoader.plan(BootConfig(kernel: kernel, initrd: [1, 2, 3], cmdline: "x", memoryMap: map, cpus: 2))
             #expect(plan.format == .pvh, "\(url.lastPathComponent)")
             guard case .pvh(let entry, _) = plan.entry else { continue }
             #expect(plan.kernelRange.contains(GuestAddress(UInt64(entry))), "\(url.lastPathComponent)")
-            expectSane(plan, map)
+            expectSanePlan(plan, map)
         }
     }
 }

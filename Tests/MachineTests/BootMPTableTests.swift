@@ -1,6 +1,9 @@
 import Testing
 @testable import Machine
 
+private let MiB: UInt64 = 1 << 20
+private let GiB: UInt64 = 1 << 30
+
 @Suite("MP table")
 struct BootMPTableTests {
     struct Parsed {
@@ -21,36 +24,36 @@ struct BootMPTableTests {
         #expect(fp[8] == 1 && fp[9] == 4)
         #expect(fp.reduce(UInt8(0), &+) == 0, "floating pointer checksum")
         #expect(fp[11] == 0, "feature byte 1: a configuration table is present")
-        let tableAddress = UInt64(fp.get(UInt32.self, at: 4))
+        let tableAddress = UInt64(fp.getLE(UInt32.self, at: 4))
         #expect(tableAddress == 0x9fc10)
         let header = try #require(plan.read(tableAddress, 44))
         #expect(Array(header[0 ..< 4]) == Array("PCMP".utf8))
         #expect(header[6] == 4)
-        let length = Int(header.get(UInt16.self, at: 4))
+        let length = Int(header.getLE(UInt16.self, at: 4))
         let table = try #require(plan.read(tableAddress, length))
         #expect(table.reduce(UInt8(0), &+) == 0, "configuration table checksum")
         #expect(tableAddress + UInt64(length) <= 0x100000)
 
         var p = Parsed()
-        p.entryCount = Int(header.get(UInt16.self, at: 34))
-        p.localAPIC = header.get(UInt32.self, at: 36)
+        p.entryCount = Int(header.getLE(UInt16.self, at: 34))
+        p.localAPIC = header.getLE(UInt32.self, at: 36)
         p.oem = String(decoding: header[8 ..< 16], as: UTF8.self)
         var at = 44, walked = 0
         while at < length {
             walked += 1
             switch table[at] {
             case 0:
-                p.processors.append((table[at + 1], table[at + 3], table.get(UInt32.self, at: at + 4), table.get(UInt32.self, at: at + 8)))
+                p.processors.append((table[at + 1], table[at + 3], table.getLE(UInt32.self, at: at + 4), table.getLE(UInt32.self, at: at + 8)))
                 #expect(table[at + 2] == 0x14)
                 at += 20
             case 1:
                 p.buses.append((table[at + 1], String(decoding: table[at + 2 ..< at + 8], as: UTF8.self)))
                 at += 8
             case 2:
-                p.ioAPICs.append((table[at + 1], table[at + 2], table[at + 3], table.get(UInt32.self, at: at + 4)))
+                p.ioAPICs.append((table[at + 1], table[at + 2], table[at + 3], table.getLE(UInt32.self, at: at + 4)))
                 at += 8
             case 3:
-                #expect(table.get(UInt16.self, at: at + 2) == 0)
+                #expect(table.getLE(UInt16.self, at: at + 2) == 0)
                 p.ioInterrupts.append((table[at + 1], table[at + 4], table[at + 5], table[at + 6], table[at + 7]))
                 at += 8
             case 4:
@@ -68,8 +71,8 @@ struct BootMPTableTests {
 
     @Test("checksums are valid and the structure parses back for 1, 2, 8 and 254 vCPUs", arguments: [1, 2, 8, 254])
     func structure(cpus: Int) throws {
-        let map = try memory(256 * MiB)
-        let plan = try KernelLoader.plan(BootConfig(kernel: TestImage.elf(), memoryMap: map, cpus: cpus))
+        let map = try bootMap(256 * MiB)
+        let plan = try KernelLoader.plan(BootConfig(kernel: BootImage.elf(), memoryMap: map, cpus: cpus))
         let p = try parse(plan)
         #expect(p.oem == "SWIFTVMM")
         #expect(p.localAPIC == 0xfee0_0000)
@@ -91,12 +94,12 @@ struct BootMPTableTests {
         #expect(p.localInterrupts.first.map { $0.type == 3 && $0.apic == 0 && $0.lint == 0 } == true)   // ExtINT → LINT0
         #expect(p.localInterrupts.last.map { $0.type == 1 && $0.apic == 0xff && $0.lint == 1 } == true) // NMI → LINT1
         #expect(MPTable.size(cpus: cpus) == plan.write(at: 0x9fc00)?.bytes.count)
-        expectSane(plan, map)
+        expectSanePlan(plan, map)
     }
 
     @Test("the bzImage path writes the same MP table")
     func bzImage() throws {
-        let plan = try KernelLoader.plan(BootConfig(kernel: TestImage.bzImage(), memoryMap: try memory(256 * MiB), cpus: 4))
+        let plan = try KernelLoader.plan(BootConfig(kernel: BootImage.bzImage(), memoryMap: try bootMap(256 * MiB), cpus: 4))
         #expect(try parse(plan).processors.count == 4)
     }
 
@@ -110,7 +113,7 @@ struct BootMPTableTests {
 struct BootE820Tests {
     @Test("256 MiB: RAM, the EBDA/BIOS hole, RAM from 1 MiB")
     func small() throws {
-        #expect(E820Entry.map(for: try memory(256 * MiB)) == [
+        #expect(E820Entry.map(for: try bootMap(256 * MiB)) == [
             E820Entry(address: GuestAddress(0), size: 0x9fc00, type: E820Entry.ram),
             E820Entry(address: GuestAddress(0x9fc00), size: 0x100000 - 0x9fc00, type: E820Entry.reserved),
             E820Entry(address: GuestAddress(0x100000), size: 255 * MiB, type: E820Entry.ram),
@@ -119,7 +122,7 @@ struct BootE820Tests {
 
     @Test("5 GiB: low RAM stops at 3 GiB, the rest starts at 4 GiB")
     func large() throws {
-        let map = E820Entry.map(for: try memory(5 * GiB))
+        let map = E820Entry.map(for: try bootMap(5 * GiB))
         #expect(map.count == 4)
         #expect(map[2] == E820Entry(address: GuestAddress(0x100000), size: 3 * GiB - MiB, type: E820Entry.ram))
         #expect(map[3] == E820Entry(address: GuestAddress(4 * GiB), size: 2 * GiB, type: E820Entry.ram))

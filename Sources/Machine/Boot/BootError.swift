@@ -34,6 +34,7 @@ public enum BootError: Error, Equatable, CustomStringConvertible {
     /// The vCPU count is outside 1 … 254 (the MP table and APIC ID space limit).
     case invalidCPUCount(Int)
 
+    /// One line naming the problem, for the command line's error output.
     public var description: String {
         switch self {
         case .unrecognizedKernel:

@@ -6,16 +6,21 @@ public struct E820Entry: Sendable, Equatable, CustomStringConvertible {
     /// Reserved (e820 type 2, `XEN_HVM_MEMMAP_TYPE_RESERVED`).
     public static let reserved: UInt32 = 2
 
+    /// First byte of the range.
     public var address: GuestAddress
+    /// Length of the range in bytes.
     public var size: UInt64
+    /// `ram` or `reserved` (the e820 and Xen memmap type codes agree).
     public var type: UInt32
 
+    /// An entry covering `[address, address + size)`.
     public init(address: GuestAddress, size: UInt64, type: UInt32) {
         self.address = address
         self.size = size
         self.type = type
     }
 
+    /// "[0x100000, 0x10000000) RAM".
     public var description: String {
         "[\(address), 0x\(String(address.raw &+ size, radix: 16))) \(type == Self.ram ? "RAM" : "reserved(\(type))")"
     }

@@ -1,8 +1,11 @@
 /// Bytes to copy into guest RAM at `address` before the first vCPU runs.
 public struct MemoryWrite: Sendable, Equatable {
+    /// Guest-physical address of the first byte.
     public var address: GuestAddress
+    /// The bytes, copied verbatim.
     public var bytes: [UInt8]
 
+    /// A write of `bytes` at `address`.
     public init(address: GuestAddress, bytes: [UInt8]) {
         self.address = address
         self.bytes = bytes
@@ -41,6 +44,7 @@ public struct BootConfig: Sendable {
     /// Number of vCPUs, 1 … 254 (listed in the MP table).
     public var cpus: Int
 
+    /// A configuration; `cpus` defaults to 1 and the command line to empty.
     public init(kernel: [UInt8], initrd: [UInt8]? = nil, cmdline: String = "", memoryMap: MemoryMap, cpus: Int = 1) {
         self.kernel = kernel
         self.initrd = initrd
