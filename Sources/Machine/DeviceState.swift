@@ -99,3 +99,13 @@ public protocol MigratableDevice: AnyObject, Sendable {
     /// Rebuilds the device from `state` (validated first; nothing changes on error).
     func restoreState(_ state: StateNode) throws(StateError)
 }
+
+/// A device backed by a named volume (a disk): migration maps volumes by name on the target.
+public protocol VolumeBackedDevice: MigratableDevice {
+    var volumeName: String { get }
+}
+
+/// A device that can tell the network the guest moved (a NIC sending a RARP/gratuitous ARP).
+public protocol AnnouncingDevice: MigratableDevice {
+    func announce()
+}

@@ -305,6 +305,7 @@ public final class VM: @unchecked Sendable, StopRequester {
     public func pause() -> Bool {
         lock.lock()
         control.pauseRequested = true
+        lock.broadcast()
         lock.unlock()
         kickAll()
         lock.lock()
@@ -326,11 +327,25 @@ public final class VM: @unchecked Sendable, StopRequester {
         return control.pauseRequested && control.parked == control.running
     }
 
-    /// Makes each vCPU sleep `percent` % of the time (0 turns throttling off).
+    /// Makes each vCPU sleep `percent` % of the time (0 turns throttling off). A ticker thread
+    /// kicks the vCPUs out of the guest every 10 ms while throttling is on, so even a guest that
+    /// never exits is slowed down.
     public func setThrottle(percent: Int) {
         lock.lock()
+        let startTicker = control.throttlePercent == 0 && percent > 0
         control.throttlePercent = max(0, min(99, percent))
+        lock.broadcast()
         lock.unlock()
+        if startTicker {
+            let t = Thread { [self] in
+                while self.throttlePercent > 0 && self.stopReason == nil {
+                    usleep(10_000)
+                    self.kickAll()
+                }
+            }
+            t.name = "throttle"
+            t.start()
+        }
     }
 
     public var throttlePercent: Int {
@@ -345,6 +360,17 @@ public final class VM: @unchecked Sendable, StopRequester {
         lock.unlock()
         for v in vcpus { v.setImmediateExit(true) }
         for case let t? in threads { _ = ckvm_pthread_kill(t, kickSignal) }
+    }
+
+    /// Sleeps for a throttle slice unless a pause or stop comes first; true means leave.
+    private func checkpointSleep(_ v: VCPU, microseconds: Double) -> Bool {
+        lock.lock()
+        let deadline = Date().addingTimeInterval(microseconds / 1e6)
+        while control.stop == nil && !control.pauseRequested && control.throttlePercent > 0 && Date() < deadline {
+            _ = lock.wait(until: deadline)
+        }
+        lock.unlock()
+        return checkpoint(v)
     }
 
     /// Returns true when the thread should leave; parks while paused.
@@ -412,12 +438,14 @@ public final class VM: @unchecked Sendable, StopRequester {
                 if checkpoint(v) { return }
                 let pct = throttlePercent
                 if pct > 0 {
-                    let now = ContinuousClock.now
-                    if now - throttleTimer >= .milliseconds(10) {
-                        let sleepMs = 10 * pct / (100 - pct)
-                        usleep(UInt32(min(sleepMs, 1000)) * 1000)
-                        throttleTimer = ContinuousClock.now
+                    // Ran ~10 ms since the last kick: sleep so that sleeping is `pct` % of the time.
+                    let ranFor = ContinuousClock.now - throttleTimer
+                    let ranUs = Double(ranFor.components.attoseconds) / 1e12 + Double(ranFor.components.seconds) * 1e6
+                    let sleepUs = min(ranUs, 20_000) * Double(pct) / Double(100 - pct)
+                    if sleepUs >= 1 {
+                        if checkpointSleep(v, microseconds: sleepUs) { return }
                     }
+                    throttleTimer = ContinuousClock.now
                 }
             case .shutdown:
                 stop(.tripleFault("vCPU \(v.id): triple fault (CPU shutdown) at rip \(ripDescription(v))"))

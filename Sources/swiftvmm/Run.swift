@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Glibc
+import Control
 import KVM
 import Machine
 
@@ -36,6 +37,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("A virtio-net NIC on a TAP interface (created if absent and allowed).", valueName: "tap=IF[,mac=MAC]"))
     var net: [String] = []
 
+    @Option(help: ArgumentHelp("Control socket (JSON lines, QMP-like) used by send, status and cancel; default /run/swiftvmm/NAME.sock when --name is given.", valueName: "PATH"))
+    var apiSocket: String?
+
     @Option(help: .hidden)
     var kvmDevice: String = "/dev/kvm"
 
@@ -62,7 +66,11 @@ struct Run: ParsableCommand {
                                                         memoryMap: map, cpus: options.cpus))
             try vm.load(plan)
         } catch { throw fail("\(kernel): \(error)") }
-        let code = runUntilStopped(vm)
+        let controller = VMController(name: name, vm: vm)
+        let socketPath = apiSocket ?? (name != "swiftvmm" ? apiSocketPath(for: name) : nil)
+        let server = try socketPath.map { try startControlServer(path: $0, controller: controller) }
+        defer { server?.stop() }
+        let code = runUntilStopped(vm, controller: controller)
         throw ExitCode(code)
     }
 }
@@ -132,7 +140,7 @@ func readInput(_ path: String, what: String) throws -> [UInt8] {
 
 /// Runs `vm` until it stops, turning SIGINT/SIGTERM into a clean stop, and returns the
 /// process exit code for the reason it stopped.
-func runUntilStopped(_ vm: VM, paused: Bool = false, onStarted: (() -> Void)? = nil) -> Int32 {
+func runUntilStopped(_ vm: VM, controller: VMController? = nil, alreadyStarted: Bool = false) -> Int32 {
     let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
         signal(sig, SIG_IGN)
         let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -141,10 +149,22 @@ func runUntilStopped(_ vm: VM, paused: Bool = false, onStarted: (() -> Void)? = 
         return s
     }
     defer { sources.forEach { $0.cancel() } }
-    vm.start(paused: paused)
-    onStarted?()
+    if !alreadyStarted { vm.start() }
     let reason = vm.waitForStop()
+    if reason == .migrated, let controller {
+        // Let the `migrate` reply reach `send` before this process goes away.
+        controller.waitForMigrateReply(timeout: 5)
+    }
     return exitCode(for: reason)
+}
+
+/// Serves the control socket at `path` for `controller`.
+func startControlServer(path: String, controller: VMController) throws -> ControlServer {
+    do {
+        let server = try ControlServer(path: path) { command, args in controller.handle(command, args) }
+        server.replyWritten = { command in if command == "migrate" { controller.migrateReplyWritten() } }
+        return server
+    } catch { throw fail("\(error)") }
 }
 
 func exitCode(for reason: StopReason) -> Int32 {
@@ -154,7 +174,9 @@ func exitCode(for reason: StopReason) -> Int32 {
     case .signal(let s):
         note("stopped by \(s == SIGINT ? "SIGINT" : "SIGTERM")")
         return 0
-    case .migrated: return 0
+    case .migrated:
+        note("the guest now runs on the migration target; exiting")
+        return 0
     case .tripleFault(let m):
         FileHandle.standardError.write(Data("swiftvmm: guest crashed: \(m)\n".utf8))
         return Status.guestCrashed

@@ -14,7 +14,7 @@ struct SwiftVMM: ParsableCommand {
         Exit status of run: the guest's debug-exit value v gives (v<<1)|1; 0 after a reset or
         clean stop; 2 for an error of the VMM or its input; 3 when the guest crashed.
         """,
-        subcommands: [Run.self],
+        subcommands: [Run.self, Recv.self, Send.self, StatusCommand.self, Cancel.self, Inspect.self],
         defaultSubcommand: nil)
 }
 

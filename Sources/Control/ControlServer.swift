@@ -1,0 +1,206 @@
+import Foundation
+import Glibc
+
+/// A QMP-like control socket: one JSON object per line in each direction.
+///
+/// Request: `{"execute": "query-status", "arguments": {…}}`.
+/// Reply: `{"return": {…}}` or `{"error": {"class": "GenericError", "desc": "…"}}`.
+/// Access control is the socket file's mode (0600).
+public final class ControlServer: @unchecked Sendable {
+    public typealias Handler = @Sendable (_ command: String, _ arguments: [String: Any]) -> ControlReply
+
+    public let path: String
+    private let fd: Int32
+    private let handler: Handler
+    private let lock = NSLock()
+    private var stopped = false
+    /// Called after the reply to `command` was written to its client.
+    public var replyWritten: (@Sendable (String) -> Void)?
+
+    /// Binds `path` (replacing a stale socket; refusing a live one) and serves on background threads.
+    public init(path: String, handler: @escaping Handler) throws {
+        guard path.utf8.count < 108 else { throw ControlError("API socket path '\(path)' is longer than 107 bytes") }
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw ControlError("API socket '\(path)' exists and is not a socket") }
+            if let c = try? ControlClient(path: path) {
+                _ = c
+                throw ControlError("API socket '\(path)' is in use by another swiftvmm")
+            }
+            unlink(path)
+        }
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw ControlError("socket: \(String(cString: strerror(errno)))") }
+        let old = umask(0o177)
+        let r = withUnixAddress(path) { bind(s, $0, $1) }
+        umask(old)
+        guard r == 0, listen(s, 8) == 0 else {
+            let e = errno
+            close(s)
+            throw ControlError("cannot create API socket '\(path)': \(String(cString: strerror(e)))")
+        }
+        chmod(path, 0o600)
+        self.path = path
+        self.fd = s
+        self.handler = handler
+        let t = Thread { [self] in self.acceptLoop() }
+        t.name = "control"
+        t.start()
+    }
+
+    deinit { stop() }
+
+    /// Stops serving and removes the socket file.
+    public func stop() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !stopped else { return }
+        stopped = true
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+        unlink(path)
+    }
+
+    private var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
+
+    private func acceptLoop() {
+        while !isStopped {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let r = poll(&p, 1, 200)
+            if r <= 0 { continue }
+            let c = accept(fd, nil, nil)
+            if c < 0 { if errno == EINTR || errno == EAGAIN { continue }; return }
+            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+            let t = Thread { [self] in self.serve(c) }
+            t.name = "control-client"
+            t.start()
+        }
+    }
+
+    private func serve(_ c: Int32) {
+        defer { close(c) }
+        var buffer = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            buffer.append(contentsOf: chunk[0..<n])
+            guard buffer.count <= 1 << 20 else { return }
+            while let nl = buffer.firstIndex(of: 10) {
+                let line = Array(buffer[..<nl])
+                buffer.removeSubrange(...nl)
+                let (command, reply) = handle(line)
+                let ok = writeLine(c, reply)
+                if let command { replyWritten?(command) }
+                guard ok else { return }
+            }
+        }
+    }
+
+    private func handle(_ line: [UInt8]) -> (String?, [String: Any]) {
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+              let command = obj["execute"] as? String else {
+            return (nil, ["error": ["class": "GenericError", "desc": "request is not a JSON object with \"execute\""]])
+        }
+        let args = obj["arguments"] as? [String: Any] ?? [:]
+        switch handler(command, args) {
+        case .ok(let value): return (command, ["return": value])
+        case .error(let cls, let desc): return (command, ["error": ["class": cls, "desc": desc]])
+        }
+    }
+
+    private func writeLine(_ c: Int32, _ obj: [String: Any]) -> Bool {
+        guard var data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else { return false }
+        data.append(10)
+        return data.withUnsafeBytes { p -> Bool in
+            var off = 0
+            while off < p.count {
+                guard let b = p.baseAddress else { return false }
+                let n = write(c, b + off, p.count - off)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return false }
+                off += n
+            }
+            return true
+        }
+    }
+}
+
+/// What a command handler answers.
+public enum ControlReply {
+    case ok([String: Any])
+    /// `class` as in QMP: `GenericError`, `CommandNotFound`, …
+    case error(String, String)
+}
+
+public struct ControlError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+func withUnixAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in
+        let bytes = Array(path.utf8.prefix(p.count - 1))
+        p.copyBytes(from: bytes + [0])
+    }
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+}
+
+/// A client of the control socket (used by `send`, `status`, `cancel`).
+public final class ControlClient: @unchecked Sendable {
+    let fd: Int32
+    private var buffer = [UInt8]()
+
+    public init(path: String) throws {
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw ControlError("socket: \(String(cString: strerror(errno)))") }
+        let r = withUnixAddress(path) { connect(s, $0, $1) }
+        guard r == 0 else {
+            let e = errno
+            close(s)
+            if e == ENOENT || e == ECONNREFUSED {
+                throw ControlError("no running swiftvmm at '\(path)' (\(String(cString: strerror(e))))")
+            }
+            throw ControlError("cannot connect to '\(path)': \(String(cString: strerror(e)))")
+        }
+        fd = s
+    }
+
+    deinit { close(fd) }
+
+    /// Sends a command and waits for its reply. Throws the server's error text.
+    public func execute(_ command: String, _ arguments: [String: Any] = [:]) throws -> [String: Any] {
+        var req: [String: Any] = ["execute": command]
+        if !arguments.isEmpty { req["arguments"] = arguments }
+        var data = try JSONSerialization.data(withJSONObject: req)
+        data.append(10)
+        let ok = data.withUnsafeBytes { p -> Bool in
+            guard let b = p.baseAddress else { return false }
+            return write(fd, b, p.count) == p.count
+        }
+        guard ok else { throw ControlError("lost the connection to the VM's API socket") }
+        while true {
+            if let nl = buffer.firstIndex(of: 10) {
+                let line = Array(buffer[..<nl])
+                buffer.removeSubrange(...nl)
+                guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
+                    throw ControlError("malformed reply from the VM")
+                }
+                if let e = obj["error"] as? [String: Any] { throw ControlError(e["desc"] as? String ?? "error") }
+                return obj["return"] as? [String: Any] ?? [:]
+            }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw ControlError("the VM closed its API socket (it may have exited)") }
+            buffer.append(contentsOf: chunk[0..<n])
+        }
+    }
+}
