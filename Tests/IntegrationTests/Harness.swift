@@ -90,7 +90,7 @@ final class Child: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         while !stdoutText.contains(text) {
             if finished || Date() >= deadline { return stdoutText.contains(text) }
-            lock.wait(until: min(deadline, Date().addingTimeInterval(0.5)))
+            _ = lock.wait(until: min(deadline, Date().addingTimeInterval(0.5)))
         }
         return true
     }
@@ -102,7 +102,7 @@ final class Child: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         while !stderrText.contains(text) {
             if finished || Date() >= deadline { return stderrText.contains(text) }
-            lock.wait(until: min(deadline, Date().addingTimeInterval(0.5)))
+            _ = lock.wait(until: min(deadline, Date().addingTimeInterval(0.5)))
         }
         return true
     }
@@ -112,7 +112,7 @@ final class Child: @unchecked Sendable {
     func wait(timeout: Double = 120) -> Int32? {
         let deadline = Date().addingTimeInterval(timeout)
         lock.lock()
-        while !finished && Date() < deadline { lock.wait(until: min(deadline, Date().addingTimeInterval(0.5))) }
+        while !finished && Date() < deadline { _ = lock.wait(until: min(deadline, Date().addingTimeInterval(0.5))) }
         let done = finished
         lock.unlock()
         if !done {
