@@ -17,6 +17,8 @@ public struct SendOptions: Sendable {
     public var key: [UInt8]?
     /// The stream version announced (tests use it to simulate an incompatible peer).
     public var streamVersion: UInt32 = Wire.streamVersion
+    /// Test hook: stay paused this long in stop-and-copy before committing (cancel still works).
+    public var holdBeforeCommitMs: Double = 0
 
     public init(endpoint: Endpoint) { self.endpoint = endpoint }
 }
@@ -229,8 +231,11 @@ public final class MigrationSource: @unchecked Sendable {
             if predicted >= previousPredicted * 0.9 { stallRounds += 1 } else { stallRounds = 0 }
             previousPredicted = predicted
             if options.autoConverge && stallRounds >= 1 && round >= 2 {
+                // Start at 20 % and add at least 10 % per round, or jump to the share of time
+                // the vCPUs must lose for the dirty set to shrink to the downtime target.
                 let t = vm.throttlePercent
-                let next = t == 0 ? 20 : min(99, t + 10)
+                let needed = Int((100 * (1 - options.downtimeMs / predicted)).rounded(.up))
+                let next = min(99, max(t == 0 ? 20 : t + 10, min(needed, t + 40)))
                 if next != t {
                     vm.setThrottle(percent: next)
                     report.maxThrottle = max(report.maxThrottle, next)
@@ -272,6 +277,10 @@ public final class MigrationSource: @unchecked Sendable {
         report.stateBytes = blob.count
         _ = try conn.expect(.ready)
         report.stateMs = (Self.now() - stateStart) * 1000
+        if options.holdBeforeCommitMs > 0 {
+            let until = Self.now() + options.holdBeforeCommitMs / 1000
+            while Self.now() < until { try checkCancelled(); usleep(10_000) }
+        }
         try checkCancelled()
 
         // 5. Commit and hand off.

@@ -79,20 +79,12 @@ struct Recv: ParsableCommand {
         let server = try apiSocket.map { try startControlServer(path: $0, controller: controller) }
         defer { server?.stop() }
         // Ctrl-C while waiting or receiving cancels; the source resumes its guest.
-        let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
-            signal(sig, SIG_IGN)
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { target.cancel("recv was interrupted") }
-            s.resume()
-            return s
-        }
+        Signals.shared.onTerminate { _ in target.cancel("recv was interrupted") }
         note("waiting for a migration on \(endpoint)")
         let vm: VM
         do { vm = try target.run() } catch {
-            sources.forEach { $0.cancel() }
             throw fail("incoming migration failed: \(error)")
         }
-        sources.forEach { $0.cancel() }
         controller.vm = vm
         note("guest '\(vm.config.name)' received and running")
         throw ExitCode(runUntilStopped(vm, controller: controller, alreadyStarted: true))

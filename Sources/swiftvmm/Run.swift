@@ -40,12 +40,19 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Control socket (JSON lines, QMP-like) used by send, status and cancel; default /run/swiftvmm/NAME.sock when --name is given.", valueName: "PATH"))
     var apiSocket: String?
 
+    @Option(help: ArgumentHelp("Hide a CPUID feature bit from the guest, like QEMU's -cpu host,-FEATURE (e.g. 0x1.0.ecx:13 hides CMPXCHG16B).", valueName: "LEAF.SUB.REG:BIT"))
+    var cpuFeatureDeny: [String] = []
+
     @Option(help: .hidden)
     var kvmDevice: String = "/dev/kvm"
 
     func run() throws {
         var options = try MachineOptions.parse(memory: memory, cpus: cpus, serial: serial, name: name)
         options.kvmDevice = kvmDevice
+        if let bad = cpuFeatureDeny.first(where: { (try? CPUIDPolicy.deny([$0], in: [])) == nil }) {
+            throw fail("--cpu-feature-deny '\(bad)' is not LEAF.SUBLEAF.REG:BIT (e.g. 0x1.0.ecx:13)")
+        }
+        options.cpuidDeny = cpuFeatureDeny
         let kernelBytes = try readInput(kernel, what: "kernel")
         let initrdBytes = try initrd.map { try readInput($0, what: "initrd") }
         let disks = try disk.map(DeviceOptions.parseDisk)
@@ -82,9 +89,10 @@ struct MachineOptions {
     var serial: any SerialSink
     var name: String
     var kvmDevice = "/dev/kvm"
+    var cpuidDeny: [String] = []
 
     var vmConfig: VMConfig {
-        VMConfig(name: name, memorySize: memorySize, cpus: cpus, serial: serial, kvmDevice: kvmDevice)
+        VMConfig(name: name, memorySize: memorySize, cpus: cpus, serial: serial, cpuidDeny: cpuidDeny, kvmDevice: kvmDevice)
     }
 
     static func parse(memory: String, cpus: Int, serial: String, name: String) throws -> MachineOptions {
@@ -141,14 +149,7 @@ func readInput(_ path: String, what: String) throws -> [UInt8] {
 /// Runs `vm` until it stops, turning SIGINT/SIGTERM into a clean stop, and returns the
 /// process exit code for the reason it stopped.
 func runUntilStopped(_ vm: VM, controller: VMController? = nil, alreadyStarted: Bool = false) -> Int32 {
-    let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
-        signal(sig, SIG_IGN)
-        let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-        s.setEventHandler { vm.stop(.signal(sig)) }
-        s.resume()
-        return s
-    }
-    defer { sources.forEach { $0.cancel() } }
+    Signals.shared.onTerminate { sig in vm.stop(.signal(sig)) }
     if !alreadyStarted { vm.start() }
     let reason = vm.waitForStop()
     if reason == .migrated, let controller {
@@ -156,6 +157,33 @@ func runUntilStopped(_ vm: VM, controller: VMController? = nil, alreadyStarted: 
         controller.waitForMigrateReply(timeout: 5)
     }
     return exitCode(for: reason)
+}
+
+/// SIGINT and SIGTERM, routed to whatever should stop now (a receive, then the guest).
+final class Signals: @unchecked Sendable {
+    static let shared = Signals()
+    private let lock = NSLock()
+    private var handler: (@Sendable (Int32) -> Void)?
+    private var sources: [DispatchSourceSignal] = []
+
+    private init() {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { [self] in
+                lock.lock()
+                let h = handler
+                lock.unlock()
+                h?(sig)
+            }
+            s.resume()
+            sources.append(s)
+        }
+    }
+
+    func onTerminate(_ h: @escaping @Sendable (Int32) -> Void) {
+        lock.lock(); handler = h; lock.unlock()
+    }
 }
 
 /// Serves the control socket at `path` for `controller`.

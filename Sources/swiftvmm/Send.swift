@@ -45,6 +45,9 @@ struct Send: ParsableCommand {
     @Option(help: .hidden)
     var streamVersion: Int?
 
+    @Option(help: .hidden)
+    var holdBeforeCommitMs: Int?
+
     func run() throws {
         _ = try Endpoint.parseForCLI(to)
         guard ["lz4", "none"].contains(compress) else { throw fail("--compress must be lz4 or none") }
@@ -64,6 +67,7 @@ struct Send: ParsableCommand {
             do { args["key"] = try Auth.loadKey(k).hexString } catch { throw fail("\(error)") }
         }
         if let v = streamVersion { args["stream-version"] = v }
+        if let v = holdBeforeCommitMs { args["hold-before-commit-ms"] = v }
         let path = apiSocketPath(for: vm)
         let client: ControlClient
         let poller: ControlClient

@@ -16,6 +16,12 @@ struct SwiftVMM: ParsableCommand {
         """,
         subcommands: [Run.self, Recv.self, Send.self, StatusCommand.self, Cancel.self, Inspect.self],
         defaultSubcommand: nil)
+
+    static func main() {
+        // A peer that hangs up must surface as an EPIPE error, not kill the VMM.
+        signal(SIGPIPE, SIG_IGN)
+        SwiftVMM.main(nil)
+    }
 }
 
 /// Exit statuses of swiftvmm itself (odd values belong to the guest's debug-exit port).

@@ -131,6 +131,7 @@ final class VMController: @unchecked Sendable {
             options.key = k
         }
         if let v = args["stream-version"] as? Int { options.streamVersion = UInt32(v) }
+        if let v = args["hold-before-commit-ms"] as? Int { options.holdBeforeCommitMs = Double(v) }
         let s = MigrationSource(vm: vm, options: options)
         lock.lock()
         if let existing = source, [.setup, .precopy, .stopAndCopy, .handoff].contains(existing.progress.snapshot.phase) {

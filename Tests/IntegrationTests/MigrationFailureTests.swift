@@ -1,0 +1,265 @@
+import Foundation
+import Glibc
+import Testing
+
+/// Everything that can go wrong before commit leaves the guest running, unharmed, on the source.
+@Suite("migration failures keep the guest on the source", .serialized)
+struct MigrationFailureTests {
+    static let memtouch = "size=32M heartbeat-ms=200 passes=40000"
+    /// A link too slow for memtouch's dirty rate: pre-copy never converges by itself.
+    static let slow = ["--max-bandwidth", "256K", "--auto-converge", "off"]
+
+    func phase(_ rig: MigrationRig, _ api: String) throws -> String {
+        ((try rig.status(api)["migration"] as? [String: Any])?["phase"] as? String) ?? ""
+    }
+
+    func waitForPhase(_ rig: MigrationRig, _ api: String, _ wanted: String, timeout: Double = 30) throws -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try phase(rig, api) == wanted { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    /// The guest is still alive on the source: a new heartbeat after `mark`.
+    func heartbeatsAfter(_ c: Child, timeout: Double = 30) -> Bool {
+        let before = c.stdout.components(separatedBy: "HEARTBEAT").count
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if c.stdout.components(separatedBy: "HEARTBEAT").count > before + 1 { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    @Test("cancel during pre-copy: guest keeps running on the source, target exits non-zero, a new recv then succeeds")
+    func cancelDuringPrecopyKeepsGuestRunningOnSource() throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = "unix:" + rig.path("m1.sock")
+        let (dst, _) = try rig.target(listen: listen)
+        let sender = try Child.swiftvmm(["send", api, "--to", listen] + Self.slow, name: "send")
+        #expect(try waitForPhase(rig, api, "pre-copy"), "\(sender.transcript)")
+        let c = try runSwiftVMM(["cancel", api])
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(sender.wait(timeout: 30).map { $0 != 0 } == true)
+        #expect(sender.stderr.contains("cancel"), "\(sender.stderr)")
+        #expect(dst.wait(timeout: 30).map { $0 != 0 } == true, "\(dst.transcript)")
+        #expect(!dst.stdout.contains("HEARTBEAT"), "the target ran the guest")
+        #expect(heartbeatsAfter(src), "guest stopped on the source\n\(src.transcript)")
+        // The same guest can still migrate.
+        let listen2 = "unix:" + rig.path("m2.sock")
+        let (dst2, _) = try rig.target(listen: listen2)
+        let s = try rig.send(api, to: listen2)
+        #expect(s.status == 0, "\(s.stderr)")
+        #expect(dst2.waitFor("PASS", timeout: 120), "\(dst2.transcript)")
+        #expect(!src.stdout.contains("FAIL") && !dst2.stdout.contains("FAIL"))
+    }
+
+    @Test("cancel at setup (target never answers): guest keeps running on the source")
+    func cancelAtSetupKeepsGuestRunning() throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        // A listener that accepts and then says nothing: the source hangs in its handshake.
+        let sock = rig.path("mute.sock")
+        let mute = try Child("/usr/bin/python3", ["-c", """
+            import socket, time
+            s = socket.socket(socket.AF_UNIX); s.bind('\(sock)'); s.listen(1)
+            c, _ = s.accept(); time.sleep(60)
+            """], name: "mute")
+        _ = mute
+        try rig.waitForSocket(sock, child: mute)
+        let sender = try Child.swiftvmm(["send", api, "--to", "unix:" + sock], name: "send")
+        #expect(try waitForPhase(rig, api, "setup"))
+        let c = try runSwiftVMM(["cancel", api])
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(sender.wait(timeout: 30).map { $0 != 0 } == true, "\(sender.transcript)")
+        #expect(heartbeatsAfter(src), "\(src.transcript)")
+        #expect(src.waitFor("PASS", timeout: 120))
+    }
+
+    @Test("cancel at stop-and-copy: the paused guest resumes on the source and PASSes")
+    func cancelAtStopAndCopyResumesGuest() throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = "unix:" + rig.path("m.sock")
+        let (dst, _) = try rig.target(listen: listen)
+        let sender = try Child.swiftvmm(["send", api, "--to", listen, "--hold-before-commit-ms", "20000"], name: "send")
+        #expect(try waitForPhase(rig, api, "stop-and-copy"), "\(sender.transcript)")
+        let c = try runSwiftVMM(["cancel", api])
+        #expect(c.status == 0)
+        #expect(sender.wait(timeout: 30).map { $0 != 0 } == true)
+        #expect(dst.wait(timeout: 30).map { $0 != 0 } == true)
+        #expect(!dst.stdout.contains("HEARTBEAT"))
+        #expect(heartbeatsAfter(src), "\(src.transcript)")
+        #expect(src.waitFor("PASS", timeout: 120))
+        #expect(!src.stdout.contains("FAIL"))
+    }
+
+    @Test("target killed mid-stream: the source resumes and the guest PASSes")
+    func targetKilledMidStream() throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = "unix:" + rig.path("m.sock")
+        let (dst, _) = try rig.target(listen: listen)
+        let sender = try Child.swiftvmm(["send", api, "--to", listen] + Self.slow, name: "send")
+        #expect(try waitForPhase(rig, api, "pre-copy"))
+        usleep(300_000)
+        dst.signal(SIGKILL)
+        #expect(sender.wait(timeout: 30).map { $0 != 0 } == true, "\(sender.transcript)")
+        #expect(heartbeatsAfter(src), "\(src.transcript)")
+        #expect(src.waitFor("PASS", timeout: 120))
+        #expect(!src.stdout.contains("FAIL"))
+    }
+
+    @Test("source killed mid-stream: the target exits non-zero and never ran the guest")
+    func sourceKilledMidStream() throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = "unix:" + rig.path("m.sock")
+        let (dst, _) = try rig.target(listen: listen)
+        let sender = try Child.swiftvmm(["send", api, "--to", listen] + Self.slow, name: "send")
+        #expect(try waitForPhase(rig, api, "pre-copy"))
+        usleep(300_000)
+        src.signal(SIGKILL)
+        let status = dst.wait(timeout: 30)
+        #expect(status != nil && status != 0, "\(dst.transcript)")
+        #expect(!dst.stdout.contains("HEARTBEAT") && !dst.stdout.contains("PASS"), "the target ran the guest")
+        #expect(dst.stderr.contains("error"), "\(dst.stderr)")
+        _ = sender.wait(timeout: 30)
+    }
+
+    @Test("bytes flipped in the stream: the target rejects it with a checksum error, the source resumes")
+    func corruptedStreamIsRejected() throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = rig.path("real.sock")
+        let (dst, _) = try rig.target(listen: "unix:" + listen)
+        // A proxy that flips one byte of the source's stream after 100 kB.
+        let front = rig.path("proxy.sock")
+        let proxy = try Child("/usr/bin/python3", ["-c", """
+            import socket, threading
+            s = socket.socket(socket.AF_UNIX); s.bind('\(front)'); s.listen(1)
+            a, _ = s.accept(); b = socket.socket(socket.AF_UNIX); b.connect('\(listen)')
+            def back():
+                while True:
+                    d = b.recv(65536)
+                    if not d: break
+                    a.sendall(d)
+            threading.Thread(target=back, daemon=True).start()
+            n = 0; flipped = False
+            while True:
+                d = a.recv(65536)
+                if not d: break
+                if not flipped and n + len(d) > 100000:
+                    i = max(0, 100000 - n); d = bytearray(d); d[i] ^= 0x40; d = bytes(d); flipped = True
+                n += len(d); b.sendall(d)
+            """], name: "proxy")
+        try rig.waitForSocket(front, child: proxy)
+        let s = try rig.send(api, to: "unix:" + front)
+        #expect(s.status != 0, "\(s.stdout)")
+        #expect(dst.wait(timeout: 30).map { $0 != 0 } == true)
+        #expect(dst.stderr.contains("checksum"), "\(dst.stderr)")
+        #expect(!dst.stdout.contains("HEARTBEAT"))
+        #expect(heartbeatsAfter(src), "\(src.transcript)")
+        #expect(src.waitFor("PASS", timeout: 120))
+        #expect(!src.stdout.contains("FAIL"))
+    }
+
+    @Test("non-convergence: a tiny --max-bandwidth without auto-converge hits --max-time; the guest stays on the source")
+    func nonConvergenceHitsMaxTime() throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = "unix:" + rig.path("m.sock")
+        let (dst, _) = try rig.target(listen: listen)
+        let s = try rig.send(api, to: listen, extra: Self.slow + ["--max-time", "3"])
+        #expect(s.status != nil && s.status != 0)
+        #expect(s.stderr.contains("did not converge"), "\(s.stderr)")
+        #expect(s.stderr.split(separator: "\n").count == 1, "\(s.stderr)")
+        #expect(dst.wait(timeout: 30).map { $0 != 0 } == true, "\(dst.transcript)")
+        #expect(heartbeatsAfter(src), "\(src.transcript)")
+        #expect(src.waitFor("PASS", timeout: 120))
+    }
+
+    @Test("auto-converge with the same slow link throttles the vCPUs and converges")
+    func autoConvergeThrottlesAndConverges() throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: "size=32M heartbeat-ms=200 passes=60000")
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = "unix:" + rig.path("m.sock")
+        let (dst, _) = try rig.target(listen: listen)
+        let report = rig.path("r.json")
+        let s = try rig.send(api, to: listen, extra: ["--max-bandwidth", "256K", "--report", report], timeout: 180)
+        #expect(s.status == 0, "\(s.stderr)")
+        #expect(s.stdout.contains("throttled"), "\(s.stdout)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any])
+        #expect((json["max_throttle_percent"] as? Int ?? 0) > 0)
+        #expect(dst.waitFor("PASS", timeout: 180), "\(dst.transcript)")
+        #expect(!dst.stdout.contains("FAIL"))
+        #expect(!src.stdout.contains("PASS"), "the guest finished before it migrated")
+    }
+}
+
+/// Pre-checks refuse, before any memory moves, with one line on both sides naming what differs.
+@Suite("migration refusals", .serialized)
+struct MigrationRefusalTests {
+    func refused(send sendExtra: [String] = [], recv recvExtra: [String] = [], mentions: String,
+                 cmdline: String = "size=16M heartbeat-ms=200", sourceExtra: [String] = [],
+                 sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: cmdline, extra: sourceExtra)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30), sourceLocation: sourceLocation)
+        let listen = "unix:" + rig.path("m.sock")
+        let (dst, _) = try rig.target(listen: listen, extra: recvExtra)
+        let s = try rig.send(api, to: listen, extra: sendExtra)
+        #expect(s.status != nil && s.status != 0, sourceLocation: sourceLocation)
+        #expect(s.stderr.split(separator: "\n").count == 1, "send: \(s.stderr)", sourceLocation: sourceLocation)
+        #expect(s.stderr.contains(mentions), "send: \(s.stderr)", sourceLocation: sourceLocation)
+        let status = dst.wait(timeout: 30)
+        #expect(status != nil && status != 0, sourceLocation: sourceLocation)
+        let dstErrors = dst.stderr.split(separator: "\n").filter { $0.contains("error") }
+        #expect(dstErrors.count == 1 && dstErrors[0].contains(mentions), "recv: \(dst.stderr)", sourceLocation: sourceLocation)
+        #expect(!dst.stdout.contains("HEARTBEAT"), sourceLocation: sourceLocation)
+        // Nothing moved: the guest runs on.
+        let before = src.stdout.components(separatedBy: "HEARTBEAT").count
+        usleep(800_000)
+        #expect(src.stdout.components(separatedBy: "HEARTBEAT").count > before, sourceLocation: sourceLocation)
+    }
+
+    @Test("stream version mismatch") func versionMismatch() throws {
+        try refused(send: ["--stream-version", "99"], mentions: "stream version 99")
+    }
+    @Test("memory size differs") func memorySize() throws {
+        try refused(recv: ["--memory", "512M"], mentions: "memory size differs")
+    }
+    @Test("vCPU count differs") func cpuCount() throws {
+        try refused(recv: ["--cpus", "2"], mentions: "vCPU count differs")
+    }
+    @Test("the target CPU lacks a feature the guest saw") func cpuidMissing() throws {
+        // Leaf 1 EDX bit 0 (FPU) is in every guest's CPUID; this target pretends not to have it.
+        try refused(recv: ["--cpu-feature-deny", "0x1.0.edx:0"], mentions: "0x1.0.edx bit 0")
+    }
+    @Test("wrong key") func wrongKey() throws {
+        let dir = try Paths.tempDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let a = dir.appendingPathComponent("a.key").path, b = dir.appendingPathComponent("b.key").path
+        try "0123456789abcdef0123456789abcdef".write(toFile: a, atomically: true, encoding: .utf8)
+        try "fedcba9876543210fedcba9876543210".write(toFile: b, atomically: true, encoding: .utf8)
+        try refused(send: ["--key-file", a], recv: ["--key-file", b], mentions: "key")
+    }
+    @Test("source without a key, target with one") func missingKey() throws {
+        let dir = try Paths.tempDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let b = dir.appendingPathComponent("b.key").path
+        try "fedcba9876543210fedcba9876543210".write(toFile: b, atomically: true, encoding: .utf8)
+        try refused(recv: ["--key-file", b], mentions: "key")
+    }
+}
