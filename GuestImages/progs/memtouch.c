@@ -34,6 +34,41 @@ int main(void)
 	}
 	u64 pages = len / PAGE_SIZE;
 	printf("MEMTOUCH start=0x%lx pages=%lu\n", base, pages);
+	char mode[16];
+	bool idle = arg_flag("idle");
+	bool fill = arg_str("fill", mode, sizeof(mode)) && mode[0] == 'r';
+	if (idle || fill) {
+		u64 words = len / 8;
+		volatile u64 *w = (volatile u64 *)base;
+		if (fill) {
+			u64 x = 0x9e3779b97f4a7c15ull;
+			for (u64 i = 0; i < words; i++) {
+				x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+				w[i] = x;
+			}
+			printf("FILLED pages=%lu\n", pages);
+		}
+		u64 cycles = hb_cycles ? hb_cycles : 1000 * tsc_khz();
+		u64 last = rdtsc();
+		for (u64 n = 1; passes == 0 || n <= passes; ) {
+			if (rdtsc() - last < cycles) { cpu_relax(); continue; }
+			last = rdtsc();
+			if (fill) {
+				u64 x = 0x9e3779b97f4a7c15ull;
+				for (u64 i = 0; i < words; i++) {
+					x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+					if (unlikely(w[i] != x))
+						fail("page=%lu word=%lu expected=0x%lx got=0x%lx", i / 512, i % 512, x, w[i]);
+				}
+				printf("HEARTBEAT %lu verified\n", n);
+			} else {
+				printf("HEARTBEAT %lu\n", n);
+			}
+			n++;
+		}
+		printf("PASS passes=%lu\n", passes);
+		return EXIT_PASS;
+	}
 	u64 corrupt = arg_u64("corrupt-after", 0);
 	if (corrupt && (passes == 0 || corrupt < passes)) {
 		memtouch_run(-1, base, pages, 1, corrupt, hb_passes, hb_cycles);
