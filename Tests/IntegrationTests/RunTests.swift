@@ -51,6 +51,24 @@ struct RunTests {
         #expect(!r.stdout.contains("HELLO"))
     }
 
+    @Test("pausing and resuming all vCPUs in the middle of memtouch: it stops making progress, then PASSes")
+    func pauseResumeMidMemtouch() throws {
+        let rig = try MigrationRig()
+        let (c, api) = try rig.source("memtouch.elf", cmdline: "size=16M heartbeat-ms=100 passes=30000", memory: "64M")
+        #expect(c.waitFor("HEARTBEAT", timeout: 30))
+        let paused = control(api, "stop")
+        #expect(paused.contains("return"), "\(paused)")
+        #expect((try rig.status(api)["status"] as? String) == "paused")
+        let before = c.stdout
+        usleep(700_000)
+        #expect(c.stdout == before, "the guest kept running while paused")
+        #expect(control(api, "cont").contains("return"))
+        #expect((try rig.status(api)["status"] as? String) == "running")
+        #expect(c.waitFor("PASS passes=30000", timeout: 120), "\(c.transcript)")
+        #expect(c.wait(timeout: 30) == 1)
+        #expect(!c.stdout.contains("FAIL"))
+    }
+
     @Test("SIGTERM stops a running guest and swiftvmm exits 0")
     func sigtermStopsCleanly() throws {
         let c = try Child.swiftvmm(["run", "--kernel", Paths.guest("memtouch.elf"), "--memory", "64M",
@@ -119,4 +137,11 @@ struct BadInputTests {
         try expectOneLineError(["run", "--kernel", Paths.guest("hello.elf"), "--kvm-device", "/nonexistent/kvm"],
                                mentions: "/nonexistent/kvm")
     }
+}
+
+/// Sends one JSON-lines command to an API socket and returns the raw reply line.
+func control(_ api: String, _ command: String) -> String {
+    sh("""
+    python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"{\\"execute\\": \\"" + sys.argv[2].encode() + b"\\"}\\n"); print(s.makefile().readline())' '\(api)' '\(command)'
+    """).output
 }
