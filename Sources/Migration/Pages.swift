@@ -50,6 +50,9 @@ public final class PageEncoder {
     /// one batch in eight, so incompressible memory costs no compression time.
     private var incompressibleStreak = 0
     private var batchCount = 0
+    /// True while the guest cannot write (stop-and-copy): a window whose every page is sent
+    /// with data is then compressed straight from guest memory instead of a staging copy.
+    public var memoryIsStable = false
 
     public init(memory: GuestMemory, connection: Connection, compression: Compression) {
         self.memory = memory
@@ -98,6 +101,16 @@ public final class PageEncoder {
             for i in 0..<PageBatch.bitmapBytes { sentBits[i] = 0; zeroBits[i] = 0 }
             var dataPages = 0
             var inBatch = 0
+            if memoryIsStable && resident == nil && count == PageBatch.windowPages,
+               let bm = bitmap, (window / 64..<(window + count) / 64).allSatisfy({ bm[$0] == ~0 }),
+               !(0..<count).contains(where: { Self.isZero(region.host + (window + $0) * PageBatch.pageSize) }) {
+                // A full window of non-zero pages: no staging copy.
+                for i in 0..<PageBatch.bitmapBytes { sentBits[i] = 0xff }
+                try emit(firstPFN: firstPFN + UInt64(window), windowPages: count, dataPages: count,
+                         source: UnsafeRawPointer(region.host + window * PageBatch.pageSize))
+                window += count
+                continue
+            }
             for i in 0..<count {
                 let page = window + i
                 if let bm = bitmap, bm[page / 64] & (1 << UInt64(page % 64)) == 0 { continue }
@@ -114,13 +127,14 @@ public final class PageEncoder {
                 }
             }
             if inBatch > 0 {
-                try emit(firstPFN: firstPFN + UInt64(window), windowPages: count, dataPages: dataPages)
+                try emit(firstPFN: firstPFN + UInt64(window), windowPages: count, dataPages: dataPages,
+                         source: UnsafeRawPointer(staging))
             }
             window += count
         }
     }
 
-    private func emit(firstPFN: UInt64, windowPages: Int, dataPages: Int) throws {
+    private func emit(firstPFN: UInt64, windowPages: Int, dataPages: Int, source: UnsafeRawPointer) throws {
         let raw = dataPages * PageBatch.pageSize
         let dataStart = PageBatch.headerSize + 2 * PageBatch.bitmapBytes
         var encoding: UInt8 = 0
@@ -128,7 +142,7 @@ public final class PageEncoder {
         batchCount += 1
         let tryCompress = compression == .lz4 && raw > 0 && (incompressibleStreak < 4 || batchCount % 8 == 0)
         if tryCompress {
-            let n = LZ4_compress_default(staging.assumingMemoryBound(to: CChar.self),
+            let n = LZ4_compress_default(source.assumingMemoryBound(to: CChar.self),
                                          (output + dataStart).assumingMemoryBound(to: CChar.self),
                                          Int32(raw), Int32(outputCapacity - dataStart))
             if n > 0 && Int(n) < raw {
@@ -151,7 +165,7 @@ public final class PageEncoder {
         if encoding == 0 {
             // Raw: header from `output`, data straight from the staging pages.
             let header = UnsafeRawBufferPointer(start: output, count: dataStart)
-            let data = UnsafeRawBufferPointer(start: staging, count: raw)
+            let data = UnsafeRawBufferPointer(start: source, count: raw)
             try connection.sendParts(.pages, [header, data])
         } else {
             try connection.send(.pages, UnsafeRawBufferPointer(start: output, count: dataStart + dataLength))
@@ -206,13 +220,24 @@ public final class PageDecoder {
         var withData = 0
         for i in 0..<PageBatch.bitmapBytes {
             if zero[i] & ~sent[i] != 0 { throw MigrationError.stream("page batch marks unsent pages as zero") }
-            if i * 8 >= windowPages && sent[i] != 0 { throw MigrationError.stream("page batch bitmap runs past its window") }
+            let valid = windowPages >= (i + 1) * 8 ? 0xff : (i * 8 >= windowPages ? 0 : UInt8((1 << (windowPages - i * 8)) - 1))
+            if sent[i] & ~valid != 0 { throw MigrationError.stream("page batch bitmap runs past its window") }
             withData += (sent[i] & ~zero[i]).nonzeroBitCount
         }
         guard withData == dataPages else {
             throw MigrationError.stream("page batch bitmap names \(withData) data pages, header says \(dataPages)")
         }
         let rawLength = dataPages * PageBatch.pageSize
+        if encoding == 1 && dataPages == windowPages {
+            // Every page of the window carries data: decompress straight into guest memory.
+            let dst = region.host + Int(offset)
+            let n = LZ4_decompress_safe((base + fixed).assumingMemoryBound(to: CChar.self),
+                                        dst.assumingMemoryBound(to: CChar.self), Int32(dataLength), Int32(rawLength))
+            guard n == rawLength else { throw MigrationError.stream("page batch does not decompress to \(dataPages) pages") }
+            counters.dataPages += dataPages
+            counters.wireBytes += UInt64(p.count + 12)
+            return
+        }
         let data: UnsafeRawPointer
         if encoding == 1 {
             let n = LZ4_decompress_safe((base + fixed).assumingMemoryBound(to: CChar.self),

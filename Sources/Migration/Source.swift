@@ -157,8 +157,10 @@ public final class MigrationSource: @unchecked Sendable {
             totalWire += UInt64(wire)
             limiter.consume(wire)
             if conn.hasIncoming() {
-                // The target only speaks now to report an error or a cancel.
-                _ = try conn.expect(.ready)
+                // Mid-round the target only speaks to report an error or a cancel.
+                let s = try conn.receive()
+                if s.type == .error { throw MigrationError.peer(((try? s.json())?["desc"] as? String) ?? "unknown error") }
+                throw MigrationError.stream("unexpected \(s.type.name) from the target during a round")
             }
             try checkCancelled()
             progress.update {
@@ -175,6 +177,10 @@ public final class MigrationSource: @unchecked Sendable {
         }
         var lastCollect = Self.now()
         func finishRound(_ round: Int, dirty: Int, dirtyRate: Double) throws {
+            // The round ends when the target has every page in place: compressed pages are so
+            // small that socket buffers could otherwise hide seconds of work on the target.
+            try conn.send(.roundEnd, json: ["round": round])
+            _ = try conn.expect(.roundAck)
             let c = encoder.counters
             let secs = max(Self.now() - roundStart, 1e-6)
             totalSeconds += secs
@@ -183,7 +189,7 @@ public final class MigrationSource: @unchecked Sendable {
                                    dirtyPagesPerSecond: dirtyRate, bandwidthBytesPerSecond: Double(c.wireBytes) / secs,
                                    throttlePercent: vm.throttlePercent)
             report.rounds.append(stats)
-            try conn.send(.roundEnd, json: stats.json, optional: true)
+            try conn.send(.progress, json: stats.json, optional: true)
             encoder.resetCounters()
         }
         try finishRound(0, dirty: 0, dirtyRate: 0)
@@ -210,15 +216,19 @@ public final class MigrationSource: @unchecked Sendable {
             let now = Self.now()
             let dirtyRate = Double(dirty) / max(now - lastCollect, 1e-6)
             lastCollect = now
-            // Bandwidth: what the link carried so far; bytes per page: what the last round cost.
+            // Cost model: what a page cost end to end (scan, compress, wire, rate limit) in the
+            // last round big enough to measure, else over all rounds so far. The wire alone is a
+            // poor predictor: compressed pages are tiny, but scanning and compressing them is not.
             var bandwidth = totalSeconds > 0 ? Double(totalWire) / totalSeconds : 1e9
             if let cap = options.maxBandwidth { bandwidth = min(bandwidth, cap) }
-            let last = report.rounds.last
-            let perPage: Double
-            if let l = last, l.dataPages + l.zeroPages > 0, l.dataPages > 0 {
-                perPage = Double(l.wireBytes) / Double(l.dataPages + l.zeroPages)
-            } else { perPage = Double(PageBatch.pageSize) }
-            let predicted = Double(dirty) * perPage / max(bandwidth, 1) * 1000 + stateEstimateMs
+            let secondsPerPage: Double
+            if let l = report.rounds.last, l.dataPages + l.zeroPages >= 64 {
+                secondsPerPage = l.durationMs / 1000 / Double(l.dataPages + l.zeroPages)
+            } else {
+                let pages = report.rounds.reduce(0) { $0 + $1.dataPages + $1.zeroPages }
+                secondsPerPage = pages > 0 ? totalSeconds / Double(pages) : Double(PageBatch.pageSize) / max(bandwidth, 1)
+            }
+            let predicted = Double(dirty) * secondsPerPage * 1000 + stateEstimateMs
             progress.update {
                 $0.round = round
                 $0.dirtyPagesPerSecond = dirtyRate
@@ -259,6 +269,7 @@ public final class MigrationSource: @unchecked Sendable {
         paused = true
         vm.quiesceDevices()
         limiter.disable()
+        encoder.memoryIsStable = true
         roundStart = Self.now()
         var finalDirty = 0
         for (i, region) in vm.memory.regions.enumerated() {

@@ -45,6 +45,7 @@ public enum SectionType: UInt16, Sendable, CaseIterable {
     case running = 12       // R→S: the guest runs on the target (JSON: timestamps)
     case cancel = 13        // S→R: abort; the target discards everything (JSON)
     case progress = 14      // S→R: sender progress for the target's status (JSON, optional)
+    case roundAck = 15      // R→S: every page of the round is in guest memory (flow control)
 
     public var name: String { String(describing: self) }
 }

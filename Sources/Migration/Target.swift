@@ -161,12 +161,19 @@ public final class MigrationTarget: @unchecked Sendable {
                     if $0.round == 0 { $0.memoryCovered = UInt64(c.dataPages + c.zeroPages) * UInt64(PageBatch.pageSize) }
                 }
             case .roundEnd:
+                try conn.send(.roundAck, bytes: [])
                 if let j = try? s.json(), let r = j["round"] as? Int {
                     progress.update {
                         $0.round = r + 1
                         if r == 0 { $0.memoryCovered = $0.memoryBytes }
+                    }
+                }
+            case .progress:
+                if let j = try? s.json() {
+                    progress.update {
                         $0.dirtyPagesPerSecond = j["dirty_pages_per_s"] as? Double ?? 0
                         $0.throttlePercent = j["throttle_percent"] as? Int ?? 0
+                        $0.rateBytesPerSecond = (j["bandwidth_MBps"] as? Double ?? 0) * 1e6
                     }
                 }
             case .state:
