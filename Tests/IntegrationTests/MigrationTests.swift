@@ -94,3 +94,30 @@ struct MigrationTests {
         #expect(!src.stdout.contains("PASS"))
     }
 }
+
+/// `swiftvmm inspect` reads what the machine-state path writes.
+@Suite("inspect", .serialized)
+struct InspectTests {
+    @Test("dump-state writes an FDT of the paused machine that inspect decodes (vCPUs, irqchip, devices)")
+    func inspectDecodesDumpedState() throws {
+        let rig = try MigrationRig()
+        let (c, api) = try rig.source("memtouch.elf", cmdline: "size=8M heartbeat-ms=200", memory: "64M")
+        #expect(c.waitFor("HEARTBEAT", timeout: 30))
+        let file = rig.path("state.fdt")
+        let reply = sh("""
+        python3 -c 'import socket,sys,json; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall((json.dumps({"execute":"dump-state","arguments":{"path":sys.argv[2]}})+"\\n").encode()); print(s.makefile().readline())' '\(api)' '\(file)'
+        """).output
+        #expect(reply.contains("return"), "\(reply)")
+        let r = try runSwiftVMM(["inspect", file], timeout: 30)
+        #expect(r.status == 0, "\(r.stderr)")
+        for node in ["vcpu@0", "irqchip", "pit", "clock", "serial@3f8", "regs", "msr-indices"] {
+            #expect(r.stdout.contains(node), "inspect output lacks \(node):\n\(r.stdout.prefix(2000))")
+        }
+        let junk = rig.path("junk")
+        try Data("not a state".utf8).write(to: URL(fileURLWithPath: junk))
+        let bad = try runSwiftVMM(["inspect", junk], timeout: 30)
+        #expect(bad.status == 2 && bad.stderr.contains("neither"), "\(bad.stderr)")
+        c.signal(SIGTERM)
+        #expect(c.wait(timeout: 30) == 0)
+    }
+}
