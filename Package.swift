@@ -14,13 +14,15 @@ let package = Package(
     targets: [
         // C shim over linux/kvm.h: ioctl numbers and fixed-arity wrappers, no logic.
         .target(name: "CKVM"),
+        // Hot-path helpers for the migration stream (hardware CRC-32C).
+        .target(name: "CFast"),
         // System libraries used by migration (LZ4 batches, FDT device state).
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CFDT", providers: [.apt(["libfdt-dev"])]),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "Machine", dependencies: ["KVM", "CKVM"]),
         .target(name: "Migration", dependencies: [
-            "Machine", "KVM", "CLZ4", "CFDT",
+            "Machine", "KVM", "CLZ4", "CFDT", "CFast",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Control", dependencies: ["Machine", "Migration"]),

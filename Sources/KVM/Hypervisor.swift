@@ -49,7 +49,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     /// The value of `KVM_CHECK_EXTENSION` for `capability` (0 when absent).
     public func check(_ capability: Int32) -> Int {
-        let r = ckvm_ioctl_arg(fd, ckvm_req_CHECK_EXTENSION(), UInt(capability))
+        let r = ckvm_ioctl_arg(fd, ckvm_req_CHECK_EXTENSION(), UInt(bitPattern: Int(capability)))
         return r < 0 ? 0 : Int(r)
     }
 

@@ -110,7 +110,7 @@ public final class VCPU: @unchecked Sendable {
             return .ioIn(port: io.port, size: size, data: data)
         case KVM_EXIT_MMIO:
             let length = min(Int(runArea.pointee.mmio.len), 8)
-            let offset = MemoryLayout<kvm_run>.offset(of: \kvm_run.mmio.data) ?? 0
+            let offset = Int(ckvm_run_mmio_data_offset())
             let data = UnsafeMutableRawBufferPointer(start: base + offset, count: length)
             if runArea.pointee.mmio.is_write != 0 {
                 return .mmioWrite(address: runArea.pointee.mmio.phys_addr, data: UnsafeRawBufferPointer(data))

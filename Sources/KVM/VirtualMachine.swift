@@ -29,7 +29,7 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// The value of `KVM_CHECK_EXTENSION` on this VM (0 when absent).
     public func check(_ capability: Int32) -> Int {
-        let r = ckvm_ioctl_arg(fd, ckvm_req_CHECK_EXTENSION(), UInt(capability))
+        let r = ckvm_ioctl_arg(fd, ckvm_req_CHECK_EXTENSION(), UInt(bitPattern: Int(capability)))
         return r < 0 ? 0 : Int(r)
     }
 

@@ -49,7 +49,7 @@ public struct StateNode: Sendable, Equatable {
             throw .badSize(node: name, property: key, expected: MemoryLayout<T>.size, got: b.count)
         }
         var v: T = 0
-        for x in b { v = (v << 8) | T(x) }
+        for x in b { v = (v << 8) | T(truncatingIfNeeded: x) }
         return v
     }
     public func bool(_ key: String) throws(StateError) -> Bool { try integer(key, as: UInt32.self) != 0 }
@@ -64,7 +64,7 @@ public struct StateNode: Sendable, Equatable {
         guard b.count % w == 0 else { throw .badSize(node: name, property: key, expected: w, got: b.count) }
         return stride(from: 0, to: b.count, by: w).map { i in
             var v: T = 0
-            for x in b[i..<(i + w)] { v = (v << 8) | T(x) }
+            for x in b[i..<(i + w)] { v = (v << 8) | T(truncatingIfNeeded: x) }
             return v
         }
     }

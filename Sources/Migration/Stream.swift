@@ -239,9 +239,13 @@ public final class Connection: @unchecked Sendable {
             guard len <= Wire.maxSectionLength else {
                 throw MigrationError.stream("section type \(rawType) claims \(len) bytes, more than the \(Wire.maxSectionLength >> 20) MiB limit")
             }
-            var payload = [UInt8](repeating: 0, count: len)
+            var readError: Error?
+            let payload = [UInt8](unsafeUninitializedCapacity: len) { buf, count in
+                do { try readExactly(UnsafeMutableRawBufferPointer(buf)) } catch { readError = error }
+                count = len
+            }
+            if let readError { throw readError }
             var trailer = [UInt8](repeating: 0, count: 4)
-            try payload.withUnsafeMutableBytes { p throws in try readExactly(p) }
             try trailer.withUnsafeMutableBytes { p throws in try readExactly(p) }
             var crc = header.withUnsafeBytes { CRC32C.update(0, $0) }
             crc = payload.withUnsafeBytes { CRC32C.update(crc, $0) }

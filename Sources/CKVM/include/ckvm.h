@@ -101,6 +101,10 @@ static inline long ckvm_ioctl_ptr(int fd, unsigned long req, void *ptr) {
     return r < 0 ? -errno : r;
 }
 
+/// Offset of the MMIO data bytes in `struct kvm_run` (inside an anonymous union Swift cannot
+/// take key paths through).
+static inline size_t ckvm_run_mmio_data_offset(void) { return offsetof(struct kvm_run, mmio.data); }
+
 /// Sets `run->immediate_exit` with a volatile store (the vCPU thread reads it on KVM_RUN entry).
 static inline void ckvm_set_immediate_exit(struct kvm_run *run, uint8_t value) {
     *(volatile uint8_t *)&run->immediate_exit = value;
