@@ -72,6 +72,8 @@ public final class VM: @unchecked Sendable, StopRequester {
     /// MSRs saved and restored with each vCPU.
     public let msrIndices: [UInt32]
     public let serial: Serial
+    /// The guest TSC rate in kHz, read once at creation (a vCPU ioctl waits while it runs).
+    public let tscKHz: UInt32
 
     /// Control state shared by vCPU threads and the controller, under `lock`.
     struct Control {
@@ -141,6 +143,7 @@ public final class VM: @unchecked Sendable, StopRequester {
             self.vcpus = vcpus
             self.cpuid = tables
             self.msrIndices = vcpus[0].readableMSRs(try hv.msrIndexList())
+            self.tscKHz = vcpus[0].tscKHz()
         } catch let e as VMError {
             throw e
         } catch let e as KVMError {

@@ -35,7 +35,7 @@ public struct MachineDescription: Sendable, Equatable {
             name: vm.config.name, uuid: uuid, vmmVersion: SwiftVMMVersion.string,
             memorySize: vm.memory.totalSize, cpus: vm.vcpus.count, cpuid: vm.cpuid.first ?? [],
             devices: vm.devices.map { Device(stateName: $0.stateName, volume: ($0 as? any VolumeBackedDevice)?.volumeName) },
-            tscKHz: vm.vcpus.first?.tscKHz() ?? 0)
+            tscKHz: vm.tscKHz)
     }
 
     public var stateNode: StateNode {

@@ -80,6 +80,7 @@ public final class MigrationTarget: @unchecked Sendable {
         } catch {
             // Nothing ran here: tear the half-built machine down.
             vm?.stop(.internalError("migration failed"))
+            vm?.shutdownVirtioDevices()
             if case MigrationError.peer = error {} else if case MigrationError.cancelled = error {} else {
                 conn.sendError("\(error)")
             }

@@ -49,10 +49,10 @@ enum DeviceOptions {
             switch k {
             case "tap": tap = v
             case "mac":
-                let parts = v.split(separator: ":").compactMap { UInt8($0, radix: 16) }
-                guard parts.count == 6, v.split(separator: ":").count == 6 else {
+                guard let parts = VirtioNet.parseMAC(v) else {
                     throw fail("--net '\(spec)': mac '\(v)' is not six hex bytes like 52:54:00:12:34:56")
                 }
+                guard parts[0] & 1 == 0 else { throw fail("--net '\(spec)': mac '\(v)' is a multicast address") }
                 mac = parts
             default: throw fail("--net '\(spec)': unknown key '\(k)' (expected tap=, mac=)")
             }
@@ -70,12 +70,12 @@ enum DeviceOptions {
         for d in disks {
             guard volumes.insert(d.volume).inserted else { throw fail("--disk: volume name '\(d.volume)' is used twice") }
             do { tokens.append(try vm.addVirtioBlock(path: d.path, volume: d.volume, readonly: d.readonly)) } catch {
-                throw fail("--disk \(d.path): \(error)")
+                throw fail("--disk: \(error)")
             }
         }
         for n in nets {
             do { tokens.append(try vm.addVirtioNet(tap: n.tap, mac: n.mac)) } catch {
-                throw fail("--net tap=\(n.tap): \(error)")
+                throw fail("--net: \(error)")
             }
         }
         return tokens

@@ -91,11 +91,17 @@ public struct SplitQueue: Sendable, Equatable {
     /// Largest indirect table accepted (entries).
     public static let maxIndirectEntries: UInt32 = 1024
 
+    /// QueueNumMax: the largest size the device accepts.
     public var maxSize: UInt16
+    /// QueueNum: entries in each ring (a power of two once ready).
     public var size: UInt16
+    /// QueueReady: the driver enabled the queue and its configuration passed the checks.
     public var ready: Bool = false
+    /// QueueDesc: the descriptor table (16 bytes per entry, 16-byte aligned).
     public var descTable = GuestAddress(0)
+    /// QueueDriver: the avail ring (flags, idx, ring, used_event).
     public var availRing = GuestAddress(0)
+    /// QueueDevice: the used ring (flags, idx, ring of (id, len), avail_event).
     public var usedRing = GuestAddress(0)
     /// Next avail-ring slot the device will read (free-running).
     public var nextAvail: UInt16 = 0

@@ -4,15 +4,20 @@ import Glibc
 /// The registers of a virtio-mmio transport and its queues: everything the driver programmed
 /// and the device's progress, as plain data (what migrates and what tests compare).
 public struct VirtioMMIOState: Sendable, Equatable {
+    /// DeviceID: 1 net, 2 block.
     public var deviceID: UInt32
     /// Features the device offers.
     public var deviceFeatures: UInt64
     /// Features the driver accepted (only meaningful once FEATURES_OK is set).
     public var driverFeatures: UInt64 = 0
+    /// Which 32-bit page of the features the driver reads / writes next.
     public var deviceFeaturesSel: UInt32 = 0
     public var driverFeaturesSel: UInt32 = 0
+    /// The queue the Queue* registers refer to.
     public var queueSel: UInt32 = 0
+    /// Device status (`VirtioSpec.Status` bits).
     public var status: UInt32 = 0
+    /// Pending interrupt reasons (`VirtioSpec.Interrupt` bits) until the driver ACKs them.
     public var interruptStatus: UInt32 = 0
     public var configGeneration: UInt32 = 0
     public var queues: [SplitQueue]
@@ -108,6 +113,8 @@ public class VirtioMMIODevice: BusDevice, MigratableDevice, @unchecked Sendable 
     /// Does the device's work. Called on the worker under `lock`, only while live; may drop
     /// and retake the lock around slow I/O (keeping `inFlight` up meanwhile).
     func deviceWork(_ wake: WakeReason) {}
+    /// Called under `lock` when the device is quiesced and again when it is unquiesced.
+    func deviceQuiesceChanged() {}
     /// Device-specific state (child node of the device's state).
     func deviceSaveState() -> StateNode { StateNode(name: "device") }
     /// Validates device-specific state and returns what applies it (run under `lock`).
@@ -191,8 +198,9 @@ public class VirtioMMIODevice: BusDevice, MigratableDevice, @unchecked Sendable 
             fds.append(contentsOf: extra.fds)
             let r = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), extra.timeout) }
             if r < 0 {
-                if errno == EINTR { continue }
-                warn("poll failed: \(String(cString: strerror(errno))); device stopped")
+                let e = errno
+                if e == EINTR { continue }
+                lock.locked { warn("poll failed: \(String(cString: strerror(e))); device stopped") }
                 return
             }
             var wake = WakeReason(kicked: Array(repeating: false, count: queueCount), all: false,
@@ -280,7 +288,7 @@ public class VirtioMMIODevice: BusDevice, MigratableDevice, @unchecked Sendable 
     }
 
     /// One line on stderr per problem, at most a few per device, so a hostile guest cannot
-    /// flood the host's log.
+    /// flood the host's log. Called under `lock`.
     func warn(_ message: String) {
         warnings += 1
         guard warnings <= 8 else { return }
@@ -456,11 +464,15 @@ public class VirtioMMIODevice: BusDevice, MigratableDevice, @unchecked Sendable 
         lock.lock()
         quiesced = true
         while inFlight > 0 { lock.wait() }
+        deviceQuiesceChanged()
         lock.unlock()
     }
 
     public func unquiesce() {
-        lock.locked { quiesced = false }
+        lock.locked {
+            quiesced = false
+            deviceQuiesceChanged()
+        }
         kick()
     }
 

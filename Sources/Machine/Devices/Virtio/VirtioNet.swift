@@ -33,6 +33,10 @@ public final class VirtioNet: VirtioMMIODevice, AnnouncingDevice, @unchecked Sen
     /// Name of the TAP interface (as the kernel reports it).
     public let interfaceName: String
     private let tapFD: Int32
+    /// The TAP is multi-queue: other processes (a migration peer) may have queues on it too.
+    let multiQueue: Bool
+    /// Our queue is detached from the TAP (it receives nothing).
+    private(set) var queueDetached = false
 
     // Under `lock`:
     private var mac: [UInt8]
@@ -56,9 +60,10 @@ public final class VirtioNet: VirtioMMIODevice, AnnouncingDevice, @unchecked Sen
     /// Opens (or creates, which needs CAP_NET_ADMIN) the TAP interface `tap`.
     public convenience init(tap: String, mac: [UInt8], memory: GuestMemory, base: GuestAddress,
                             interrupt: any VirtioInterrupt) throws(VirtioError) {
-        let (fd, name) = try Self.openTAP(tap)
+        let (fd, name, multiQueue) = try Self.openTAP(tap)
         do {
-            try self.init(fd: fd, interfaceName: name, mac: mac, memory: memory, base: base, interrupt: interrupt)
+            try self.init(fd: fd, interfaceName: name, mac: mac, memory: memory, base: base, interrupt: interrupt,
+                          multiQueue: multiQueue)
         } catch {
             close(fd)
             throw error
@@ -68,10 +73,11 @@ public final class VirtioNet: VirtioMMIODevice, AnnouncingDevice, @unchecked Sen
     /// Builds the NIC over an already open frame descriptor (a TAP, or a datagram socket in tests)
     /// that carries a 12-byte virtio-net header before each frame. Takes ownership of `fd`.
     init(fd: Int32, interfaceName: String, mac: [UInt8], memory: GuestMemory, base: GuestAddress,
-         interrupt: any VirtioInterrupt) throws(VirtioError) {
+         interrupt: any VirtioInterrupt, multiQueue: Bool = false) throws(VirtioError) {
         guard mac.count == 6 else { throw .config("a MAC address has 6 bytes, not \(mac.count)") }
         guard mac[0] & 1 == 0 else { throw .config("MAC \(Self.format(mac)) is a multicast address") }
         self.tapFD = fd
+        self.multiQueue = multiQueue
         self.interfaceName = interfaceName
         self.mac = mac
         let features = VirtioSpec.Feature.version1 | VirtioSpec.Feature.ringEventIdx | VirtioSpec.Feature.ringIndirectDesc
@@ -98,16 +104,18 @@ public final class VirtioNet: VirtioMMIODevice, AnnouncingDevice, @unchecked Sen
 
     /// Attaches to the TAP interface `name`, creating it when absent. Multi-queue first, so that
     /// a migration target on the same host can attach while the source still holds it.
-    static func openTAP(_ name: String) throws(VirtioError) -> (Int32, String) {
+    static func openTAP(_ name: String) throws(VirtioError) -> (fd: Int32, name: String, multiQueue: Bool) {
         guard !name.isEmpty, name.utf8.count < Int(IFNAMSIZ) else {
             throw .tap(name: name, reason: "an interface name has 1 to \(IFNAMSIZ - 1) bytes")
         }
         let base = Int32(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
         var actual = [CChar](repeating: 0, count: Int(IFNAMSIZ) + 1)
         var fd = ckvm_tap_open(name, Int16(base | Int32(IFF_MULTI_QUEUE)), &actual, actual.count)
+        var multiQueue = true
         if fd == -EINVAL || fd == -EBUSY {
             // An existing single-queue TAP.
             fd = ckvm_tap_open(name, Int16(base), &actual, actual.count)
+            multiQueue = false
         }
         guard fd >= 0 else {
             let e = -fd
@@ -128,7 +136,36 @@ public final class VirtioNet: VirtioMMIODevice, AnnouncingDevice, @unchecked Sen
         // No offloads: the guest negotiated none, so the TAP must hand over plain frames.
         _ = ckvm_ioctl_arg(fd, ckvm_req_TUNSETOFFLOAD(), 0)
         let actualName = actual.withUnsafeBufferPointer { p in p.baseAddress.map { String(cString: $0) } ?? name }
-        return (fd, actualName.isEmpty ? name : actualName)
+        return (fd, actualName.isEmpty ? name : actualName, multiQueue)
+    }
+
+    /// `TUNSETQUEUE`, `_IOW('T', 217, int)` (not in the C shim).
+    static let tunSetQueue: UInt = 0x4004_54d9
+
+    /// Attaches or detaches our queue of a multi-queue TAP: a detached queue is skipped when
+    /// the kernel spreads incoming frames over the TAP's queues.
+    private func setQueueAttached(_ attached: Bool) {
+        guard multiQueue, attached == queueDetached else { return }
+        var request = [UInt8](repeating: 0, count: 40)   // struct ifreq: name, then flags
+        let flags = Int16(attached ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE)
+        request.withUnsafeMutableBytes { $0.storeBytes(of: flags, toByteOffset: Int(IFNAMSIZ), as: Int16.self) }
+        let r = request.withUnsafeMutableBytes { ckvm_ioctl_ptr(tapFD, Self.tunSetQueue, $0.baseAddress) }
+        if r < 0 {
+            warn("cannot \(attached ? "attach" : "detach") our queue of TAP \(interfaceName): \(String(cString: strerror(Int32(-r))))")
+            return
+        }
+        queueDetached = !attached
+    }
+
+    /// A NIC that no driver has brought up (a migration target waiting for its state) gives up
+    /// its share of a multi-queue TAP while quiesced, so that the running source receives all
+    /// the traffic during pre-copy; it takes it back when unquiesced.
+    override func deviceQuiesceChanged() {
+        if quiesced {
+            if regs.status & VirtioSpec.Status.driverOK == 0 { setQueueAttached(false) }
+        } else {
+            setQueueAttached(true)
+        }
     }
 
     /// 52:54:00 followed by three bytes of a hash of the VM name and NIC index: locally
@@ -383,6 +420,8 @@ public final class VirtioNet: VirtioMMIODevice, AnnouncingDevice, @unchecked Sen
         guard capacity >= UInt64(frame.count) else { return .dropped }
         regs.queues[q].nextAvail = probe.nextAvail
         var bytes = frame
+        // No offloads were negotiated: flags (DATA_VALID from the TAP) and GSO fields must be 0.
+        for i in 0..<10 { bytes[i] = 0 }
         let buffers = UInt16(chains.count)
         bytes[10] = UInt8(buffers & 0xff)
         bytes[11] = UInt8(buffers >> 8)
