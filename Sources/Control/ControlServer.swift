@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Migration
 
 /// A QMP-like control socket: one JSON object per line in each direction.
 ///
@@ -142,15 +143,7 @@ public struct ControlError: Error, CustomStringConvertible {
 }
 
 func withUnixAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &addr.sun_path) { p in
-        let bytes = Array(path.utf8.prefix(p.count - 1))
-        p.copyBytes(from: bytes + [0])
-    }
-    return withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
+    Transport.withUnixAddress(path, body)
 }
 
 /// A client of the control socket (used by `send`, `status`, `cancel`).

@@ -149,6 +149,7 @@ public final class MigrationSource: @unchecked Sendable {
         progress.update { $0.phase = .precopy }
         try vm.startDirtyLogWrapped()
         logging = true
+        var lastCollect = Self.now()
         let encoder = PageEncoder(memory: vm.memory, connection: conn, compression: options.compression)
         let limiter = RateLimiter(bytesPerSecond: options.maxBandwidth)
         var totalWire: UInt64 = 0
@@ -175,7 +176,6 @@ public final class MigrationSource: @unchecked Sendable {
         for region in vm.memory.regions {
             try encoder.send(region: region, bitmap: nil, resident: region.residentPages())
         }
-        var lastCollect = Self.now()
         func finishRound(_ round: Int, dirty: Int, dirtyRate: Double) throws {
             // The round ends when the target has every page in place: compressed pages are so
             // small that socket buffers could otherwise hide seconds of work on the target.

@@ -5,7 +5,7 @@ import Testing
 /// Everything that can go wrong before commit leaves the guest running, unharmed, on the source.
 @Suite("migration failures keep the guest on the source", .serialized)
 struct MigrationFailureTests {
-    static let memtouch = "size=32M heartbeat-ms=200 passes=40000"
+    static let memtouch = "size=32M heartbeat-ms=200 passes=60000"
     /// A link too slow for memtouch's dirty rate: pre-copy never converges by itself.
     static let slow = ["--max-bandwidth", "256K", "--auto-converge", "off"]
 
@@ -53,7 +53,7 @@ struct MigrationFailureTests {
         let listen2 = "unix:" + rig.path("m2.sock")
         let (dst2, _) = try rig.target(listen: listen2)
         let s = try rig.send(api, to: listen2)
-        #expect(s.status == 0, "\(s.stderr)")
+        #expect(s.status == 0, "\(s.stderr)\n\(src.transcript)\n\(dst2.transcript)")
         #expect(dst2.waitFor("PASS", timeout: 120), "\(dst2.transcript)")
         #expect(!src.stdout.contains("FAIL") && !dst2.stdout.contains("FAIL"))
     }

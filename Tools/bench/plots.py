@@ -69,15 +69,28 @@ def _panel(ax, rows, title, color, xlabel):
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("MB sent in round", fontsize=8, color=color)
     ax.tick_params(axis="y", labelsize=7)
-    if max(mb) > 0 and max(mb) / max(min([m for m in mb if m > 0] or [1]), 1e-9) > 200:
-        ax.set_yscale("log")
+    ax.set_ylim(0, max(mb) * 1.15 if max(mb) > 0 else 1)
+    if len(xs) <= 12:
+        for x, m in zip(xs, mb):
+            ax.annotate(f"{m:.3g}", (x, m), xytext=(0, 1), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=6)
     ax2 = ax.twinx()
-    ax2.plot(xs, [d / 1000 for d in dirty], color=DIRTY_COLOR, marker="o", markersize=3, linewidth=1.2,
-             label="dirty pages/s")
+    k = [d / 1000 for d in dirty]
+    ax2.plot(xs, k, color=DIRTY_COLOR, marker="o", markersize=3, linewidth=1.2, label="dirty pages/s")
     ax2.set_ylabel("dirty rate, thousand pages/s", fontsize=8, color=DIRTY_COLOR)
     ax2.tick_params(axis="y", labelsize=7)
     ax2.set_ylim(bottom=0)
     ax2.ticklabel_format(axis="y", style="plain", useOffset=False)
+    # One outlier (e.g. a rate computed over too short an interval) would flatten the rest:
+    # clip the axis and print the outlier's value instead.
+    ordered = sorted(k, reverse=True)
+    if len(ordered) >= 3 and ordered[1] > 0 and ordered[0] > 5 * ordered[1]:
+        top = ordered[1] * 1.6
+        ax2.set_ylim(0, top)
+        i = k.index(ordered[0])
+        ax2.annotate(f"↑ {ordered[0]:,.0f}k (off scale)", (xs[i], top), xytext=(4, -22), textcoords="offset points",
+                     ha="left", fontsize=6, color=DIRTY_COLOR,
+                     bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8))
     # Throttle: a label where it changes.
     prev = 0
     for x, r in zip(xs, rows):
@@ -140,7 +153,7 @@ def plot_ratios(results, out):
     ticks = list(range(lo, hi + 1))
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{10 ** t:g}×" for t in ticks], fontsize=7)
-    ax.set_xlim(lo, hi)
+    ax.set_xlim(lo - 0.7, hi + 0.3)   # room for the value labels
     for y, r in zip(ys, rows):
         x = math.log10(r[1])
         ax.text(x + (0.05 if x >= 0 else -0.05), y, f"{r[1]:.3g}", va="center", ha="left" if x >= 0 else "right",
