@@ -61,8 +61,14 @@ public final class Serial: BusDevice {
         (s.ier & ierRDA != 0 && !s.rx.isEmpty) || (s.ier & ierTHRE != 0 && s.thriPending)
     }
 
+    /// The level last driven on the IRQ line (0 unknown, 1 low, 2 high): the line is only
+    /// touched when it changes, since every change is a KVM_IRQ_LINE system call.
+    private let lineLevel = Atomic<Int>(0)
+
     private func update(_ s: State) {
-        irq.set(level: Self.interruptPending(s))
+        let level = Self.interruptPending(s)
+        let code = level ? 2 : 1
+        if lineLevel.exchange(code, ordering: .relaxed) != code { irq.set(level: level) }
     }
 
     public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
@@ -158,6 +164,7 @@ public final class Serial: BusDevice {
         var s = new
         if s.rx.count > Self.rxCapacity { s.rx = Array(s.rx.prefix(Self.rxCapacity)) }
         s.lsr = (s.lsr & ~Self.lsrDR) | (s.rx.isEmpty ? 0 : Self.lsrDR) | Self.lsrTHRE | Self.lsrTEMT
+        lineLevel.store(0, ordering: .relaxed)
         state.withLock { $0 = s; update(s) }
     }
 }
