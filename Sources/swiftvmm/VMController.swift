@@ -141,6 +141,8 @@ final class VMController: @unchecked Sendable {
         source = s
         lastReport = nil
         lock.unlock()
+        // Only this migration's reply may let the process exit once the guest has moved.
+        replyDone.lock(); replyWasWritten = false; replyDone.unlock()
         do {
             let report = try s.run()
             lock.lock(); lastReport = report.json; lock.unlock()
