@@ -160,8 +160,8 @@ public final class PageEncoder {
         (h + 12).storeBytes(of: UInt32(windowPages).bigEndian, as: UInt32.self)
         (h + 16).storeBytes(of: UInt32(dataPages).bigEndian, as: UInt32.self)
         (h + 20).storeBytes(of: UInt32(dataLength).bigEndian, as: UInt32.self)
-        sentBits.withUnsafeBytes { (h + PageBatch.headerSize).copyMemory(from: $0.baseAddress!, byteCount: PageBatch.bitmapBytes) }
-        zeroBits.withUnsafeBytes { (h + PageBatch.headerSize + PageBatch.bitmapBytes).copyMemory(from: $0.baseAddress!, byteCount: PageBatch.bitmapBytes) }
+        sentBits.withUnsafeBytes { UnsafeMutableRawBufferPointer(start: h + PageBatch.headerSize, count: PageBatch.bitmapBytes).copyMemory(from: $0) }
+        zeroBits.withUnsafeBytes { UnsafeMutableRawBufferPointer(start: h + PageBatch.headerSize + PageBatch.bitmapBytes, count: PageBatch.bitmapBytes).copyMemory(from: $0) }
         if encoding == 0 {
             // Raw: header from `output`, data straight from the staging pages.
             let header = UnsafeRawBufferPointer(start: output, count: dataStart)

@@ -38,14 +38,18 @@ public final class MigrationTarget: @unchecked Sendable {
         self.builder = builder
     }
 
+    /// The UNIX socket path this target bound (and so removes), if any.
+    private var boundPath: String?
+
     deinit {
         if listener >= 0 { close(listener) }
-        if case .unix(let path) = options.endpoint { unlink(path) }
+        if let p = boundPath { unlink(p) }
     }
 
     /// Binds the listening socket (fails at once on a busy port or bad path).
     public func listen() throws {
         listener = try Transport.listen(options.endpoint)
+        if case .unix(let path) = options.endpoint { boundPath = path }
         progress.update { $0.phase = .waiting; $0.peer = options.endpoint.description }
     }
 
@@ -64,18 +68,40 @@ public final class MigrationTarget: @unchecked Sendable {
     /// Receives the guest and returns its machine, running. On failure nothing ran here.
     public func run() throws -> VM {
         if listener < 0 { try listen() }
-        guard let fd = try Transport.acceptOne(listener, tcp: { if case .tcp = options.endpoint { return true }; return false }(),
-                                               cancelled: { cancelReason.withLock { $0 != nil } }) else {
-            throw MigrationError.cancelled(cancelReason.withLock { $0 } ?? "cancelled")
+        let isTCP: Bool = { if case .tcp = options.endpoint { return true }; return false }()
+        var conn: Connection
+        var hello: [String: Any]
+        var version: UInt32
+        // A peer that hangs up or is not a swiftvmm before its hello (a port probe, a health
+        // check) is noted and the target keeps waiting for its one migration.
+        while true {
+            guard let fd = try Transport.acceptOne(listener, tcp: isTCP, cancelled: { cancelReason.withLock { $0 != nil } }) else {
+                throw MigrationError.cancelled(cancelReason.withLock { $0 } ?? "cancelled")
+            }
+            var tv = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let c = Connection(fd: fd)
+            do {
+                try c.writePreamble()
+                version = try c.readPreamble()
+                hello = try c.expect(.hello).json()
+            } catch {
+                FileHandle.standardError.write(Data("swiftvmm: ignored a connection that is not a migration source (\(error))\n".utf8))
+                c.close()
+                continue
+            }
+            tv = timeval(tv_sec: 0, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            conn = c
+            break
         }
         close(listener)
         listener = -1
-        if case .unix(let path) = options.endpoint { unlink(path) }
-        let conn = Connection(fd: fd)
+        if let p = boundPath { unlink(p); boundPath = nil }
         connectionBox.withLock { $0 = conn }
         var vm: VM?
         do {
-            let v = try receive(conn, built: &vm)
+            let v = try receive(conn, version: version, hello: hello, built: &vm)
             return v
         } catch {
             // Nothing ran here: tear the half-built machine down.
@@ -91,11 +117,8 @@ public final class MigrationTarget: @unchecked Sendable {
         }
     }
 
-    private func receive(_ conn: Connection, built: inout VM?) throws -> VM {
+    private func receive(_ conn: Connection, version: UInt32, hello: [String: Any], built: inout VM?) throws -> VM {
         progress.update { $0.phase = .setup }
-        try conn.writePreamble()
-        let version = try conn.readPreamble()
-        let hello = try conn.expect(.hello).json()
         let announced = (hello["stream_version"] as? Int).map(UInt32.init) ?? version
         guard version == Wire.streamVersion, announced == Wire.streamVersion else {
             let msg = "stream version \(announced) is not supported: this swiftvmm \(SwiftVMMVersion.string) speaks version \(Wire.streamVersion)"

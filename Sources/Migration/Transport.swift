@@ -116,9 +116,9 @@ public enum Transport {
             var st = stat()
             if lstat(path, &st) == 0 {
                 guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw MigrationError.usage("--listen \(endpoint): \(path) exists and is not a socket") }
-                // A socket nobody answers on is stale; one that answers is busy.
-                if let probe = try? connect(endpoint) {
-                    close(probe)
+                // A socket some process listens on is busy; any other is stale. Asked of the
+                // kernel rather than by connecting, which a waiting recv would take for a source.
+                if isListening(unixPath: path) {
                     throw MigrationError.connection("--listen \(endpoint): another process is listening on \(path)")
                 }
                 unlink(path)
@@ -150,6 +150,20 @@ public enum Transport {
             if lastError == EADDRINUSE { throw MigrationError.connection("cannot listen on \(endpoint): port \(port) is already in use") }
             throw MigrationError.connection("cannot listen on \(endpoint): \(errorText(lastError))")
         }
+    }
+
+    /// True when a process listens on the UNIX socket at `path` (from /proc/net/unix).
+    static func isListening(unixPath path: String) -> Bool {
+        guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return false }
+        let resolved = URL(fileURLWithPath: path).standardizedFileURL.path
+        for line in table.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            // Num RefCount Protocol Flags Type St Inode Path; Flags has __SO_ACCEPTCON (0x10000).
+            guard f.count >= 8, let flags = UInt32(f[3], radix: 16), flags & 0x10000 != 0 else { continue }
+            let p = f[7...].joined(separator: " ")
+            if p == path || p == resolved { return true }
+        }
+        return false
     }
 
     /// Accepts one connection; returns nil when `cancelled()` turns true first.

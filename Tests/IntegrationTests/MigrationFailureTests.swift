@@ -263,3 +263,25 @@ struct MigrationRefusalTests {
         try refused(recv: ["--key-file", b], mentions: "key")
     }
 }
+
+/// A second `recv` on an address already in use fails at once and leaves the first alone.
+@Suite("recv on a busy address", .serialized)
+struct BusyListenTests {
+    @Test("a busy UNIX socket or TCP port is a one-line error, and the first recv still works")
+    func busyAddressRefused() throws {
+        let rig = try MigrationRig()
+        for listen in ["unix:" + rig.path("m.sock"), "tcp:127.0.0.1:\(MigrationRig.freePort())"] {
+            let (first, _) = try rig.target(listen: listen)
+            let second = try runSwiftVMM(["recv", "--listen", listen], timeout: 30)
+            #expect(second.status == 2, "\(second.stderr)")
+            #expect(second.stderr.contains("in use") || second.stderr.contains("listening"), "\(second.stderr)")
+            #expect(second.stderr.split(separator: "\n").count == 1, "\(second.stderr)")
+            #expect(first.process.isRunning, "the first recv died")
+            if listen.hasPrefix("unix:") {
+                #expect(FileManager.default.fileExists(atPath: String(listen.dropFirst(5))), "the second recv removed the first one's socket")
+            }
+            first.signal(SIGTERM)
+            #expect(first.wait(timeout: 30).map { $0 != 0 } == true)
+        }
+    }
+}
