@@ -26,7 +26,13 @@ struct TwoHostMigrationTests {
                 throw SetupError(message: "namespace setup failed: \(r.output)")
             }
         }
-        deinit { sh("ip netns del \(a) 2>/dev/null; ip netns del \(b) 2>/dev/null") }
+        private var deleted = false
+        func delete() {
+            guard !deleted else { return }
+            deleted = true
+            sh("ip netns del \(a) 2>/dev/null; ip netns del \(b) 2>/dev/null")
+        }
+        deinit { delete() }
     }
     struct SetupError: Error { let message: String }
 
@@ -34,15 +40,23 @@ struct TwoHostMigrationTests {
     func migratesBetweenNamespaces() throws {
         let hosts = try TwoHosts()
         let rig = try MigrationRig()
+        var children: [Child] = []
+        defer {
+            // Stop the VMMs first, then remove the namespaces they ran in.
+            for c in children { c.signal(SIGKILL); _ = c.wait(timeout: 10) }
+            hosts.delete()
+        }
         let api = rig.path("src.sock")
         let src = try Child("/usr/bin/env", ["ip", "netns", "exec", hosts.a, Paths.swiftvmm, "run",
                                              "--kernel", Paths.guest("memtouch.elf"), "--memory", "256M",
                                              "--cmdline", "size=32M heartbeat-ms=200 passes=30000", "--api-socket", api],
                             name: "source")
+        children.append(src)
         try rig.waitForSocket(api, child: src)
         #expect(src.waitFor("HEARTBEAT", timeout: 30))
         let dst = try Child("/usr/bin/env", ["ip", "netns", "exec", hosts.b, Paths.swiftvmm, "recv",
                                              "--listen", "tcp:192.0.2.2:4444"], name: "target")
+        children.append(dst)
         #expect(dst.waitForStderr("waiting for a migration", timeout: 30))
         let s = try rig.send(api, to: "tcp:192.0.2.2:4444")
         #expect(s.status == 0, "\(s.stderr)\n\(dst.transcript)")
