@@ -216,7 +216,13 @@ public final class MigrationTarget: @unchecked Sendable {
                 resumedAtNanos = MigrationSource.wallNanos()
                 for case let nic as any AnnouncingDevice in vm.devices { nic.announce() }
                 try? conn.send(.running, json: ["resumed_at_ns": resumedAtNanos])
-                progress.update { $0.phase = .completed }
+                // The source's pause time came with `go`: the downtime as this side saw it.
+                let pausedAt = ((try? s.json())?["paused_at_ns"] as? NSNumber)?.uint64Value ?? 0
+                let resumed = resumedAtNanos
+                progress.update {
+                    $0.phase = .completed
+                    if pausedAt > 0 && resumed > pausedAt { $0.predictedDowntimeMs = Double(resumed - pausedAt) / 1e6 }
+                }
                 conn.close()
                 connectionBox.withLock { $0 = nil }
                 return vm
