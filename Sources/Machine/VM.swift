@@ -94,7 +94,11 @@ public final class VM: @unchecked Sendable, StopRequester {
 
     /// Builds the machine (memory, irqchip, PIT, vCPUs, base devices), not yet running.
     /// `cpuidTable` replaces the host-derived table (a migration target uses the source's).
-    public init(config: VMConfig, hypervisor: Hypervisor? = nil, cpuidTable: [CPUIDEntry]? = nil) throws(VMError) {
+    /// With `deferMemorySlots`, guest RAM exists in this process but is not yet given to KVM:
+    /// call `registerMemorySlots()` before the vCPUs run (a migration target does that while
+    /// pages arrive, since creating a large slot takes milliseconds).
+    public init(config: VMConfig, hypervisor: Hypervisor? = nil, cpuidTable: [CPUIDEntry]? = nil,
+                deferMemorySlots: Bool = false) throws(VMError) {
         guard config.cpus >= 1 else { throw .config("--cpus must be at least 1") }
         guard config.cpus <= 254 else { throw .config("--cpus \(config.cpus) is more than the 254 swiftvmm supports") }
         let map: MemoryMap
@@ -123,8 +127,10 @@ public final class VM: @unchecked Sendable, StopRequester {
                                           args: [UInt64(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)])
             }
             do { memory = try GuestMemory(map: map) } catch { throw VMError.memory(error) }
-            for r in memory.regions {
-                try kvm.setMemoryRegion(slot: r.slot, guestAddress: r.start.raw, size: r.size, host: r.host, logDirty: false)
+            if !deferMemorySlots {
+                for r in memory.regions {
+                    try kvm.setMemoryRegion(slot: r.slot, guestAddress: r.start.raw, size: r.size, host: r.host, logDirty: false)
+                }
             }
             var base = try cpuidTable ?? hv.supportedCPUID()
             if !config.cpuidDeny.isEmpty {
@@ -172,6 +178,15 @@ public final class VM: @unchecked Sendable, StopRequester {
             p.storeBytes(of: (lint1 & ~0x700) | (4 << 8), toByteOffset: 0x360, as: UInt32.self)
         }
         try v.setLAPIC(l)
+    }
+
+    /// Gives guest RAM to KVM (after `init(deferMemorySlots: true)`).
+    public func registerMemorySlots() throws(VMError) {
+        do {
+            for r in memory.regions {
+                try kvm.setMemoryRegion(slot: r.slot, guestAddress: r.start.raw, size: r.size, host: r.host, logDirty: false)
+            }
+        } catch { throw .kvm(error) }
     }
 
     // MARK: devices

@@ -50,6 +50,11 @@ public final class MigrationTarget: @unchecked Sendable {
     public func listen() throws {
         listener = try Transport.listen(options.endpoint)
         if case .unix(let path) = options.endpoint { boundPath = path }
+        // Foundation's JSON machinery costs milliseconds on first use: pay that now, while
+        // nothing is moving, rather than in the migration's setup time.
+        if let d = try? JSONSerialization.data(withJSONObject: ["warm": [1, 2.5, "x"]]) {
+            _ = try? JSONSerialization.jsonObject(with: d)
+        }
         progress.update { $0.phase = .waiting; $0.peer = options.endpoint.description }
     }
 
@@ -166,6 +171,9 @@ public final class MigrationTarget: @unchecked Sendable {
         }
         built = vm
         description = desc
+        // Give guest RAM to KVM on another thread while the first pages arrive: a large
+        // memory slot takes milliseconds to create. Joined before the state is loaded.
+        let slots = SlotRegistration(vm: vm)
         vm.start(paused: true)
         vm.quiesceDevices()
         try conn.send(.accept, json: ["name": vm.config.name])
@@ -185,6 +193,9 @@ public final class MigrationTarget: @unchecked Sendable {
                     if $0.round == 0 { $0.memoryCovered = UInt64(c.dataPages + c.zeroPages) * UInt64(PageBatch.pageSize) }
                 }
             case .roundEnd:
+                // Memory slots must exist before the stop-and-copy: wait for them here, in
+                // pre-copy, so the guest's downtime never does.
+                try slots.wait()
                 try conn.send(.roundAck, bytes: [])
                 if let j = try? s.json(), let r = j["round"] as? Int {
                     progress.update {
@@ -202,6 +213,7 @@ public final class MigrationTarget: @unchecked Sendable {
                 }
             case .state:
                 progress.update { $0.phase = .stopAndCopy }
+                try slots.wait()
                 let node: StateNode
                 do { node = try FDTCodec.decode(s.payload) } catch { throw MigrationError.stream("machine state: \(error)") }
                 do { try vm.restoreMachineState(node) } catch { throw MigrationError.machine("cannot load the machine state: \(error)") }
@@ -274,5 +286,29 @@ public final class MigrationTarget: @unchecked Sendable {
             if parts.count >= 2, let kb = UInt64(parts[1]) { return kb * 1024 }
         }
         return nil
+    }
+}
+
+/// Registers a machine's memory slots on a background thread.
+final class SlotRegistration: @unchecked Sendable {
+    private let done = NSCondition()
+    private var result: Result<Void, Error>?
+
+    init(vm: VM) {
+        let t = Thread { [self] in
+            let r: Result<Void, Error>
+            do { try vm.registerMemorySlots(); r = .success(()) } catch { r = .failure(error) }
+            done.lock(); result = r; done.broadcast(); done.unlock()
+        }
+        t.name = "memslots"
+        t.start()
+    }
+
+    func wait() throws {
+        done.lock()
+        while result == nil { done.wait() }
+        let r = result
+        done.unlock()
+        if case .failure(let e)? = r { throw MigrationError.machine("cannot give guest memory to KVM: \(e)") }
     }
 }

@@ -114,7 +114,9 @@ struct Recv: ParsableCommand {
         let config = VMConfig(name: name ?? desc.name, memorySize: desc.memorySize, cpus: desc.cpus, serial: serial,
                               cpuidDeny: deny, kvmDevice: kvmDevice)
         let vm: VM
-        do { vm = try VM(config: config, cpuidTable: desc.cpuid) } catch { throw MigrationError.refused("cannot build the machine: \(error)") }
+        do { vm = try VM(config: config, cpuidTable: desc.cpuid, deferMemorySlots: true) } catch {
+            throw MigrationError.refused("cannot build the machine: \(error)")
+        }
         var netIter = nets.makeIterator()
         for d in desc.devices {
             do {
