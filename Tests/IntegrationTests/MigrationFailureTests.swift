@@ -22,6 +22,19 @@ struct MigrationFailureTests {
         return false
     }
 
+    /// A running memtouch source, a waiting target, and a `send` over a link too slow to
+    /// converge, returned once the migration is in pre-copy.
+    func slowMigrationInPrecopy(_ rig: MigrationRig, extra: [String] = [])
+        throws -> (src: Child, api: String, dst: Child, sender: Child) {
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = "unix:" + rig.path("m\(rig.counter).sock")
+        let (dst, _) = try rig.target(listen: listen)
+        let sender = try Child.swiftvmm(["send", api, "--to", listen] + Self.slow + extra, name: "send")
+        #expect(try waitForPhase(rig, api, "pre-copy"), "\(sender.transcript)")
+        return (src, api, dst, sender)
+    }
+
     /// The guest is still alive on the source: a new heartbeat after `mark`.
     func heartbeatsAfter(_ c: Child, timeout: Double = 30) -> Bool {
         let before = c.stdout.components(separatedBy: "HEARTBEAT").count
@@ -36,12 +49,7 @@ struct MigrationFailureTests {
     @Test("cancel during pre-copy: guest keeps running on the source, target exits non-zero, a new recv then succeeds")
     func cancelDuringPrecopyKeepsGuestRunningOnSource() throws {
         let rig = try MigrationRig()
-        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
-        #expect(src.waitFor("HEARTBEAT", timeout: 30))
-        let listen = "unix:" + rig.path("m1.sock")
-        let (dst, _) = try rig.target(listen: listen)
-        let sender = try Child.swiftvmm(["send", api, "--to", listen] + Self.slow, name: "send")
-        #expect(try waitForPhase(rig, api, "pre-copy"), "\(sender.transcript)")
+        let (src, api, dst, sender) = try slowMigrationInPrecopy(rig)
         let c = try runSwiftVMM(["cancel", api])
         #expect(c.status == 0, "\(c.stderr)")
         #expect(sender.wait(timeout: 30).map { $0 != 0 } == true)
@@ -103,12 +111,7 @@ struct MigrationFailureTests {
     @Test("target killed mid-stream: the source resumes and the guest PASSes")
     func targetKilledMidStream() throws {
         let rig = try MigrationRig()
-        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
-        #expect(src.waitFor("HEARTBEAT", timeout: 30))
-        let listen = "unix:" + rig.path("m.sock")
-        let (dst, _) = try rig.target(listen: listen)
-        let sender = try Child.swiftvmm(["send", api, "--to", listen] + Self.slow, name: "send")
-        #expect(try waitForPhase(rig, api, "pre-copy"))
+        let (src, _, dst, sender) = try slowMigrationInPrecopy(rig)
         usleep(300_000)
         dst.signal(SIGKILL)
         #expect(sender.wait(timeout: 30).map { $0 != 0 } == true, "\(sender.transcript)")
@@ -120,12 +123,7 @@ struct MigrationFailureTests {
     @Test("source killed mid-stream: the target exits non-zero and never ran the guest")
     func sourceKilledMidStream() throws {
         let rig = try MigrationRig()
-        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
-        #expect(src.waitFor("HEARTBEAT", timeout: 30))
-        let listen = "unix:" + rig.path("m.sock")
-        let (dst, _) = try rig.target(listen: listen)
-        let sender = try Child.swiftvmm(["send", api, "--to", listen] + Self.slow, name: "send")
-        #expect(try waitForPhase(rig, api, "pre-copy"))
+        let (src, _, dst, sender) = try slowMigrationInPrecopy(rig)
         usleep(300_000)
         src.signal(SIGKILL)
         let status = dst.wait(timeout: 30)
