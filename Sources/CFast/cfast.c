@@ -41,13 +41,3 @@ uint32_t cfast_crc32c(uint32_t crc, const void *data, size_t len) {
     c = hw ? crc_hw(c, data, len) : crc_soft(c, data, len);
     return ~c;
 }
-
-int cfast_page_is_zero(const void *p) {
-    const uint64_t *w = p;
-    uint64_t acc = 0;
-    for (int i = 0; i < 512; i += 8) {
-        acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
-        if (acc) return 0;
-    }
-    return 1;
-}

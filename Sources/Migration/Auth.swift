@@ -39,13 +39,20 @@ public enum Auth {
 }
 
 extension Array where Element == UInt8 {
-    var hex: String { map { String(format: "%02x", $0) }.joined() }
-    init?(hex: String) {
+    /// Lower-case hex, two digits a byte.
+    public var hexString: String { map { String(format: "%02x", $0) }.joined() }
+
+    /// Parses hex (an even number of digits); nil for anything else.
+    public init?(hexString: String) {
+        let chars = Array(hexString.utf8)
+        guard chars.count % 2 == 0 else { return nil }
         var out: [UInt8] = []
-        var it = hex.makeIterator()
-        while let a = it.next() {
-            guard let b = it.next(), let v = UInt8(String([a, b]), radix: 16) else { return nil }
+        out.reserveCapacity(chars.count / 2)
+        var i = 0
+        while i < chars.count {
+            guard let v = UInt8(String(decoding: chars[i..<(i + 2)], as: UTF8.self), radix: 16) else { return nil }
             out.append(v)
+            i += 2
         }
         self = out
     }

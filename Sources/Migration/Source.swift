@@ -119,7 +119,7 @@ public final class MigrationSource: @unchecked Sendable {
         _ = try conn.readPreamble()
         let nonce = Auth.nonce()
         try conn.send(.hello, json: ["stream_version": Int(options.streamVersion), "vmm_version": SwiftVMMVersion.string,
-                                     "name": vm.config.name, "uuid": uuid, "nonce": nonce.hex, "has_key": options.key != nil])
+                                     "name": vm.config.name, "uuid": uuid, "nonce": nonce.hexString, "has_key": options.key != nil])
         let reply = try conn.expect(.helloReply).json()
         let peerHasKey = reply["has_key"] as? Bool ?? false
         if let key = options.key {
@@ -127,15 +127,15 @@ public final class MigrationSource: @unchecked Sendable {
                 conn.sendError("authentication required: the source has a key, the target has none (--key-file)")
                 throw MigrationError.auth("the target has no key: start recv with the same --key-file")
             }
-            guard let peerNonce = (reply["nonce"] as? String).flatMap([UInt8].init(hex:)), peerNonce.count == 32,
-                  let proof = (reply["proof"] as? String).flatMap([UInt8].init(hex:)) else {
+            guard let peerNonce = (reply["nonce"] as? String).flatMap([UInt8].init(hexString:)), peerNonce.count == 32,
+                  let proof = (reply["proof"] as? String).flatMap([UInt8].init(hexString:)) else {
                 throw MigrationError.stream("malformed hello reply from the target")
             }
             guard Auth.equal(proof, Auth.proof(key: key, role: "recv", first: nonce, second: peerNonce)) else {
                 conn.sendError("authentication failed: wrong key")
                 throw MigrationError.auth("authentication failed: the target's key differs from --key-file")
             }
-            try conn.send(.auth, json: ["proof": Auth.proof(key: key, role: "send", first: peerNonce, second: nonce).hex])
+            try conn.send(.auth, json: ["proof": Auth.proof(key: key, role: "send", first: peerNonce, second: nonce).hexString])
         }
 
         // 2. Pre-checks on the target.

@@ -181,19 +181,7 @@ public final class Connection: @unchecked Sendable {
     // MARK: sections
 
     public func send(_ type: SectionType, _ payload: UnsafeRawBufferPointer, optional: Bool = false) throws {
-        var header = [UInt8](repeating: 0, count: 8)
-        header[0] = UInt8(type.rawValue >> 8); header[1] = UInt8(type.rawValue & 0xff)
-        header[3] = optional ? 1 : 0
-        let len = UInt32(payload.count)
-        header[4] = UInt8(len >> 24); header[5] = UInt8((len >> 16) & 0xff); header[6] = UInt8((len >> 8) & 0xff); header[7] = UInt8(len & 0xff)
-        var crc = header.withUnsafeBytes { CRC32C.update(0, $0) }
-        crc = CRC32C.update(crc, payload)
-        let trailer = withUnsafeBytes(of: crc.bigEndian) { Array($0) }
-        try header.withUnsafeBytes { h throws in
-            try trailer.withUnsafeBytes { t throws in
-                try writeAll([h, payload, t])
-            }
-        }
+        try sendParts(type, [payload], optional: optional)
     }
 
     /// Sends one section whose payload is the concatenation of `parts` (no copy).

@@ -131,7 +131,7 @@ public final class MigrationTarget: @unchecked Sendable {
             throw MigrationError.refused(msg)
         }
         let sourceHasKey = hello["has_key"] as? Bool ?? false
-        guard let sourceNonce = (hello["nonce"] as? String).flatMap([UInt8].init(hex:)), sourceNonce.count == 32 else {
+        guard let sourceNonce = (hello["nonce"] as? String).flatMap([UInt8].init(hexString:)), sourceNonce.count == 32 else {
             throw MigrationError.stream("malformed hello from the source")
         }
         if let key = options.key {
@@ -141,20 +141,20 @@ public final class MigrationTarget: @unchecked Sendable {
             }
             let nonce = Auth.nonce()
             try conn.send(.helloReply, json: ["stream_version": Int(Wire.streamVersion), "vmm_version": SwiftVMMVersion.string,
-                                              "nonce": nonce.hex, "has_key": true,
-                                              "proof": Auth.proof(key: key, role: "recv", first: sourceNonce, second: nonce).hex])
+                                              "nonce": nonce.hexString, "has_key": true,
+                                              "proof": Auth.proof(key: key, role: "recv", first: sourceNonce, second: nonce).hexString])
             let auth: [String: Any]
             do { auth = try conn.expect(.auth).json() } catch MigrationError.peer(let m) {
                 throw MigrationError.auth("the source refused authentication: \(m)")
             }
-            guard let proof = (auth["proof"] as? String).flatMap([UInt8].init(hex:)),
+            guard let proof = (auth["proof"] as? String).flatMap([UInt8].init(hexString:)),
                   Auth.equal(proof, Auth.proof(key: key, role: "send", first: nonce, second: sourceNonce)) else {
                 conn.sendError("authentication failed: wrong key")
                 throw MigrationError.auth("authentication failed: the source's key differs from --key-file")
             }
         } else {
             try conn.send(.helloReply, json: ["stream_version": Int(Wire.streamVersion), "vmm_version": SwiftVMMVersion.string,
-                                              "nonce": Auth.nonce().hex, "has_key": false])
+                                              "nonce": Auth.nonce().hexString, "has_key": false])
         }
         try checkCancelled()
 

@@ -153,23 +153,6 @@ final class VMController: @unchecked Sendable {
     }
 }
 
-extension Array where Element == UInt8 {
-    init?(hexString: String) {
-        var out: [UInt8] = []
-        let chars = Array(hexString.utf8)
-        guard chars.count % 2 == 0 else { return nil }
-        var i = 0
-        while i < chars.count {
-            guard let v = UInt8(String(decoding: chars[i..<(i + 2)], as: UTF8.self), radix: 16) else { return nil }
-            out.append(v)
-            i += 2
-        }
-        self = out
-    }
-
-    var hexString: String { map { String(format: "%02x", $0) }.joined() }
-}
-
 /// Where a VM's control socket lives: a path, or `/run/swiftvmm/NAME.sock` for a bare name.
 func apiSocketPath(for vm: String) -> String {
     vm.contains("/") || vm.hasSuffix(".sock") ? vm : "/run/swiftvmm/\(vm).sock"

@@ -7,7 +7,4 @@
 /// Continues a CRC-32C (Castagnoli) over `len` bytes; start with crc = 0. Uses the SSE4.2
 /// `crc32` instruction when the CPU has it, a table otherwise.
 uint32_t cfast_crc32c(uint32_t crc, const void *data, size_t len);
-
-/// True when the 4096-byte page at `p` is all zero.
-int cfast_page_is_zero(const void *p);
 #endif
