@@ -33,7 +33,16 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "Machine"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Machine"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Machine", "Harness"]),
+        // The harness the integration tests and the benchmarks share: child processes with
+        // collected output, namespaces, the migration rig, a QMP/JSON-lines client, clean-up.
+        .target(name: "Harness", path: "Tests/Harness"),
+        .testTarget(name: "HarnessTests", dependencies: ["Harness", "BenchSuite"]),
+        // The benchmark suite (Tools/bench/run): scenarios, results, the smoke check; and its CLI.
+        .target(name: "BenchSuite", dependencies: ["Harness"], path: "Tools/bench/Sources/BenchSuite"),
+        .executableTarget(name: "swiftvmm-bench", dependencies: [
+            "BenchSuite", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Tools/bench/Sources/swiftvmm-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

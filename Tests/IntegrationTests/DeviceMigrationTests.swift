@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Machine
+import Harness
 import Testing
 
 /// Live migration of guests that use virtio devices: no acknowledged disk write lost, the

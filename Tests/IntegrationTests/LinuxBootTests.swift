@@ -1,4 +1,5 @@
 import Foundation
+import Harness
 import Testing
 
 /// A real kernel nobody here wrote: Debian's unmodified cloud kernel, booted as a bzImage

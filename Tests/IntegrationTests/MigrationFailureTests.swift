@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Harness
 import Testing
 
 /// Everything that can go wrong before commit leaves the guest running, unharmed, on the source.
@@ -38,12 +39,7 @@ struct MigrationFailureTests {
     /// The guest is still alive on the source: a new heartbeat after `mark`.
     func heartbeatsAfter(_ c: Child, timeout: Double = 30) -> Bool {
         let before = c.stdout.components(separatedBy: "HEARTBEAT").count
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if c.stdout.components(separatedBy: "HEARTBEAT").count > before + 1 { return true }
-            usleep(50_000)
-        }
-        return false
+        return c.waitUntilStdout(timeout: timeout) { $0.components(separatedBy: "HEARTBEAT").count > before + 1 }
     }
 
     @Test("cancel during pre-copy: guest keeps running on the source, target exits non-zero, a new recv then succeeds")
@@ -274,7 +270,7 @@ struct BusyListenTests {
             #expect(second.status == 2, "\(second.stderr)")
             #expect(second.stderr.contains("in use") || second.stderr.contains("listening"), "\(second.stderr)")
             #expect(second.stderr.split(separator: "\n").count == 1, "\(second.stderr)")
-            #expect(first.process.isRunning, "the first recv died")
+            #expect(first.isRunning, "the first recv died")
             if listen.hasPrefix("unix:") {
                 #expect(FileManager.default.fileExists(atPath: String(listen.dropFirst(5))), "the second recv removed the first one's socket")
             }

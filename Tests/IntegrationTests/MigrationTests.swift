@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Harness
 import Testing
 
 /// Live migration between two local swiftvmm processes, judged by the guest's own verdict.

@@ -1,4 +1,5 @@
 import Foundation
+import Harness
 import Testing
 
 /// `swiftvmm run` booting the project's own guest images and checking their verdicts.
@@ -137,11 +138,4 @@ struct BadInputTests {
         try expectOneLineError(["run", "--kernel", Paths.guest("hello.elf"), "--kvm-device", "/nonexistent/kvm"],
                                mentions: "/nonexistent/kvm")
     }
-}
-
-/// Sends one JSON-lines command to an API socket and returns the raw reply line.
-func control(_ api: String, _ command: String) -> String {
-    sh("""
-    python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"{\\"execute\\": \\"" + sys.argv[2].encode() + b"\\"}\\n"); print(s.makefile().readline())' '\(api)' '\(command)'
-    """).output
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Harness
 import Testing
 
 /// blktest.elf's on-disk block format (GuestImages/README.md, "Block format"), checked on the host.

@@ -1,27 +1,17 @@
 import Foundation
 import Glibc
-import Synchronization
+import Harness
 import Testing
 import Machine
 
-/// Serial output collected in memory.
+/// Serial output collected in memory; waits are woken by each write.
 final class CaptureSink: SerialSink {
-    private let text = Mutex("")
-    func write(_ bytes: UnsafeRawBufferPointer) {
-        let s = String(decoding: bytes, as: UTF8.self)
-        text.withLock { $0 += s }
-    }
-    var output: String { text.withLock { $0 } }
+    private let log = OutputLog()
+    func write(_ bytes: UnsafeRawBufferPointer) { log.append(bytes) }
+    var output: String { log.text }
 
     /// Waits until the output contains `needle`.
-    func waitFor(_ needle: String, timeout: Double = 30) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while !output.contains(needle) {
-            if Date() >= deadline { return false }
-            usleep(2000)
-        }
-        return true
-    }
+    func waitFor(_ needle: String, timeout: Double = 30) -> Bool { log.waitFor(needle, timeout: timeout) }
 
     /// The largest n of the `SEQ n` lines so far.
     var lastSeq: Int {

@@ -1,0 +1,160 @@
+import Foundation
+import Glibc
+
+/// Everything the harness started or made — child process groups, network namespaces,
+/// temporary files and directories — so that all of it can be torn down on any way out: at
+/// process exit, after a failed benchmark run, on Ctrl-C.
+public final class Registry: @unchecked Sendable {
+    /// The registry every `Child`, `TestNetwork` and `Paths.tempDirectory` uses by default; it
+    /// cleans up at process exit.
+    public static let shared: Registry = {
+        let r = Registry()
+        atexit { Registry.shared.cleanUp() }
+        return r
+    }()
+
+    private let condition = NSCondition()
+    private var children = Set<pid_t>()
+    private var namespaces: [String] = []
+    private var paths: [String] = []
+
+    public init() {}
+
+    // MARK: - Registration
+
+    func childStarted(_ pid: pid_t) {
+        condition.lock(); children.insert(pid); condition.unlock()
+    }
+
+    func childEnded(_ pid: pid_t) {
+        condition.lock(); children.remove(pid); condition.broadcast(); condition.unlock()
+    }
+
+    /// A file or directory to remove at clean-up (if it still exists).
+    public func track(path: String) {
+        condition.lock(); paths.append(path); condition.unlock()
+    }
+
+    public func untrack(path: String) {
+        condition.lock(); paths.removeAll { $0 == path }; condition.unlock()
+    }
+
+    /// A network namespace to delete at clean-up.
+    public func track(namespace: String) {
+        condition.lock(); namespaces.append(namespace); condition.unlock()
+    }
+
+    public func untrack(namespace: String) {
+        condition.lock(); namespaces.removeAll { $0 == namespace }; condition.unlock()
+    }
+
+    /// Process ids of the children that have not ended yet.
+    public var liveChildren: Set<pid_t> { condition.lock(); defer { condition.unlock() }; return children }
+
+    // MARK: - Clean-up
+
+    /// SIGTERM to every live child's process group, SIGKILL to those still there after `grace`
+    /// seconds; returns once every one of them has been reaped (or 10 s more have passed).
+    public func killChildren(grace: Double = 3) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !children.isEmpty else { return }
+        for pid in children { kill(-pid, SIGTERM) }
+        let soft = Date(timeIntervalSinceNow: grace)
+        while !children.isEmpty && condition.waitSignal(before: soft) {}
+        for pid in children { kill(-pid, SIGKILL) }
+        let hard = Date(timeIntervalSinceNow: 10)
+        while !children.isEmpty && condition.waitSignal(before: hard) {}
+    }
+
+    /// Kills every child, deletes every namespace and removes every tracked path.
+    public func cleanUp() {
+        killChildren()
+        condition.lock()
+        let ns = namespaces, ps = paths
+        namespaces = []
+        paths = []
+        condition.unlock()
+        for n in ns { Self.runQuietly([TestNetwork.ip, "netns", "del", n]) }
+        for p in ps.reversed() { try? FileManager.default.removeItem(atPath: p) }
+    }
+
+    /// Runs a short command with its output discarded, without threads (safe at exit).
+    static func runQuietly(_ argv: [String]) {
+        _ = spawnAndWait(argv, quietStdout: true, quietStderr: true, register: false)
+    }
+
+    /// Runs a command in the foreground — its output goes to this process's terminal, unless
+    /// made quiet — and returns its exit status (127 if it cannot start, 128 + n for a signal).
+    /// Registered children are killed by `killChildren`, so an interrupted build or install
+    /// does not outlive the benchmark runner.
+    @discardableResult
+    public func runForeground(_ argv: [String], environment: [String: String] = [:], quietStdout: Bool = false) -> Int32 {
+        Self.spawnAndWait(argv, environment: environment, quietStdout: quietStdout, quietStderr: false, register: true, registry: self)
+    }
+
+    private static func spawnAndWait(_ argv: [String], environment: [String: String] = [:], quietStdout: Bool,
+                                     quietStderr: Bool, register: Bool, registry: Registry? = nil) -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if quietStdout { posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0) }
+        if quietStderr { posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0) }
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var none = sigset_t(), all = sigset_t()
+        sigemptyset(&none)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        // Its own process group, so killChildren reaches whatever it starts.
+        posix_spawnattr_setpgroup(&attr, 0)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        let pointers = argv.map { strdup($0) }, envp = env.map { strdup("\($0.key)=\($0.value)") }
+        defer { (pointers + envp).forEach { free($0) } }
+        var pid: pid_t = 0
+        guard posix_spawnp(&pid, argv[0], &actions, &attr, pointers + [nil], envp + [nil]) == 0 else { return 127 }
+        if register { registry?.childStarted(pid) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        if register { registry?.childEnded(pid) }
+        let low = status & 0x7f
+        return low == 0 ? (status >> 8) & 0xff : 128 + low
+    }
+
+    // MARK: - Interrupts
+
+    /// Calls `handler` (on a thread of its own) for each SIGINT, SIGTERM or SIGHUP this process
+    /// receives, instead of dying at once. Install it once, early.
+    public func onInterrupt(_ handler: @escaping @Sendable (Int32) -> Void) {
+        guard let (readFD, writeFD) = try? Linux.pipe() else { return }
+        interruptPipe = writeFD
+        let thread = Thread {
+            var b: UInt8 = 0
+            while true {
+                let n = read(readFD, &b, 1)
+                if n == 1 { handler(Int32(b)) } else if n < 0 && errno == EINTR { continue } else { return }
+            }
+        }
+        thread.name = "interrupts"
+        thread.start()
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            var sa = sigaction()
+            sa.__sigaction_handler.sa_handler = { sig in
+                var b = UInt8(truncatingIfNeeded: sig)
+                _ = write(interruptPipe, &b, 1)
+            }
+            sigemptyset(&sa.sa_mask)
+            sa.sa_flags = SA_RESTART
+            sigaction(sig, &sa, nil)
+        }
+    }
+}
+
+/// The write end of the self-pipe the signal handler reports through (set once, before the
+/// handler is installed; a signal handler may only call async-signal-safe functions).
+nonisolated(unsafe) private var interruptPipe: Int32 = -1
