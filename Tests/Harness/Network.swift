@@ -53,7 +53,7 @@ public final class TestNetwork: @unchecked Sendable {
         deleted = true
         lock.unlock()
         guard first else { return }
-        _ = try? Self.run(Self.ip, ["netns", "del", namespace])
+        Registry.deleteNamespace(namespace)
         Registry.shared.untrack(namespace: namespace)
     }
 
@@ -164,7 +164,8 @@ public final class TwoHosts: @unchecked Sendable {
         deleted = true
         lock.unlock()
         guard first else { return }
-        sh("ip netns del \(a) 2>/dev/null; ip netns del \(b) 2>/dev/null")
+        Registry.deleteNamespace(a)
+        Registry.deleteNamespace(b)
         Registry.shared.untrack(namespace: a)
         Registry.shared.untrack(namespace: b)
     }

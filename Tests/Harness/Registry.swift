@@ -17,13 +17,24 @@ public final class Registry: @unchecked Sendable {
     private var children = Set<pid_t>()
     private var namespaces: [String] = []
     private var paths: [String] = []
+    private var closed = false
 
     public init() {}
 
     // MARK: - Registration
 
+    /// Registers a child; one started after `close()` is killed at once.
     func childStarted(_ pid: pid_t) {
-        condition.lock(); children.insert(pid); condition.unlock()
+        condition.lock()
+        children.insert(pid)
+        let late = closed
+        condition.unlock()
+        if late { kill(-pid, SIGKILL) }
+    }
+
+    /// From now on every child is killed as soon as it starts (an interrupted run winds down).
+    public func close() {
+        condition.lock(); closed = true; condition.unlock()
     }
 
     func childEnded(_ pid: pid_t) {
@@ -75,13 +86,14 @@ public final class Registry: @unchecked Sendable {
         namespaces = []
         paths = []
         condition.unlock()
-        for n in ns { Self.runQuietly([TestNetwork.ip, "netns", "del", n]) }
+        for n in ns { Self.deleteNamespace(n) }
         for p in ps.reversed() { try? FileManager.default.removeItem(atPath: p) }
     }
 
-    /// Runs a short command with its output discarded, without threads (safe at exit).
-    static func runQuietly(_ argv: [String]) {
-        _ = spawnAndWait(argv, quietStdout: true, quietStderr: true, register: false)
+    /// Deletes a network namespace (and what is in it) with `ip netns del`, without threads and
+    /// whatever state the registry is in (safe at exit and after `close()`).
+    static func deleteNamespace(_ name: String) {
+        _ = spawnAndWait([TestNetwork.ip, "netns", "del", name], quietStdout: true, quietStderr: true, register: false)
     }
 
     /// Runs a command in the foreground — its output goes to this process's terminal, unless

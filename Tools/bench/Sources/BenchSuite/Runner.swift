@@ -29,6 +29,7 @@ public enum BenchRunner {
                 Glibc.exit(130)
             }
             log("\ninterrupted (signal \(sig)): cleaning up")
+            Registry.shared.close()
             Registry.shared.killChildren(grace: 1)
         }
 
@@ -101,6 +102,7 @@ public enum BenchRunner {
             }
             for i in 0..<runs {
                 for side in Side.allCases where skipped[side] == nil {
+                    if interrupted.isSet { break scenarios }
                     let t = Monotonic.now()
                     defer { Registry.shared.killChildren() }
                     do {
