@@ -18,7 +18,7 @@ public enum BenchRunner {
         let unknown = only.subtracting(allScenarios.map(\.name))
         if !unknown.isEmpty {
             FileHandle.standardError.write(Data("unknown scenario(s): \(unknown.sorted().joined(separator: ", "))\n".utf8))
-            return 2
+            return 1
         }
         let selected = allScenarios.filter { only.isEmpty || only.contains($0.name) }
 

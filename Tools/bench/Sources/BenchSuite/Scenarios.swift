@@ -49,7 +49,7 @@ struct Startup: Scenario {
     let title = "Start-up: process start to first serial byte, and a whole hello.elf run"
     let metrics = [Metric("first_byte_ms", "process start → first serial byte", "ms", "lower"),
                    Metric("wall_ms", "whole hello.elf run (start → exit)", "ms", "lower")]
-    let notes = ["Both start from fork/exec of the VMM with a 256 MiB guest. QEMU's microvm runs its qboot "
+    let notes = ["Both start from the spawn (posix_spawn) of the VMM with a 256 MiB guest. QEMU's microvm runs its qboot "
                  + "firmware before the PVH entry; on this host firmware (ring-0/real-mode code) is emulated, "
                  + "so that cost is part of QEMU's figure.",
                  "swiftvmm runs with SWIFTVMM_TRACE_STARTUP set: the time of its first KVM_RUN is in each run's "
