@@ -56,8 +56,7 @@ public enum BenchRunner {
                 env.swiftvmmOrigin = .object(["path": .string(origin), "size": .int((attrs[.size] as? Int) ?? 0),
                                               "mtime": .string(isoDate(time_t(mtime.timeIntervalSince1970)))])
                 let snap = tmp.appendingPathComponent("swiftvmm").path
-                try FileManager.default.copyItem(atPath: origin, toPath: snap)
-                chmod(snap, 0o755)
+                try privateCopy(origin, to: snap)
                 env.swiftvmm = snap
             } catch {
                 log("\(error)")
