@@ -14,6 +14,13 @@ enum Linux {
         guard pipe2Function(&fds, O_CLOEXEC) == 0 else { throw HarnessError("pipe2: \(String(cString: strerror(errno)))") }
         return (fds[0], fds[1])
     }
+
+    /// Adds glibc's internal signals 32 and 33 (SIGCANCEL, SIGSETXID) to `set`, which
+    /// `sigaddset` refuses. In a `posix_spawn` default set they make the child start with them
+    /// at SIG_DFL, as after fork and exec, instead of the SIG_IGN glibc's spawn leaves there.
+    static func addInternalSignals(_ set: inout sigset_t) {
+        set.__val.0 |= (1 << 31) | (1 << 32)
+    }
 }
 
 extension NSCondition {

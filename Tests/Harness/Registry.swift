@@ -119,6 +119,7 @@ public final class Registry: @unchecked Sendable {
         var none = sigset_t(), all = sigset_t()
         sigemptyset(&none)
         sigfillset(&all)
+        Linux.addInternalSignals(&all)
         posix_spawnattr_setsigmask(&attr, &none)
         posix_spawnattr_setsigdefault(&attr, &all)
         // Its own process group, so killChildren reaches whatever it starts.

@@ -92,6 +92,15 @@ struct ChildTests {
         #expect(sh("echo a; echo b >&2; exit 4") == (4, "a\nb\n"))
     }
 
+    @Test("a child starts as after fork and exec: no signal blocked or ignored, in a session of its own")
+    func cleanSignalState() throws {
+        let c = try Child("/bin/sh", ["-c", "grep -E '^(SigBlk|SigIgn)' /proc/self/status; ps -o sid= -p $$; echo $$"], name: "sh")
+        #expect(c.wait(timeout: 10) == 0)
+        let lines = c.out.lines.map { $0.text.trimmingCharacters(in: .whitespaces) }
+        #expect(lines.prefix(2) == ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"], "\(lines)")
+        #expect(lines.count == 4 && lines[2] == lines[3] && lines[3] == "\(c.pid)", "\(lines)")
+    }
+
     @Test("a missing executable is an error naming it")
     func missingExecutable() {
         let e = #expect(throws: HarnessError.self) { try Child("/nonexistent/vmm", [], name: "vmm") }
