@@ -516,7 +516,8 @@ struct Net: Scenario {
             throw e
         }
         let secs = seconds(env)
-        let python = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"
+        // The python3 `#!/usr/bin/env python3` found for the Python runner.
+        let python = which("python3") ?? "/usr/bin/python3"
         let script = Paths.root.appendingPathComponent("Tools/bench/udpecho.py").path
         let client = try bench { try env.start("udpecho", ns.command([python, script, "--host", "\(netPrefix).2",
                                                                       "--seconds", "\(secs)", "--size", "64"])) }
