@@ -60,58 +60,33 @@ public final class Child: @unchecked Sendable {
         Self.startReader(fd: outPipe.read, into: out, name: "\(name)-stdout")
         Self.startReader(fd: errPipe.read, into: err, name: "\(name)-stderr")
         defer { close(outPipe.write); close(errPipe.write) }
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe.write, 1)
-        posix_spawn_file_actions_adddup2(&actions, mergeStderr ? outPipe.write : errPipe.write, 2)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        // A new session (so signals reach the whole group and a terminal's Ctrl-C does not),
-        // nothing blocked and every signal at its default, whatever this process does with them.
-        var none = sigset_t(), all = sigset_t()
-        sigemptyset(&none)
-        sigfillset(&all)
-        Linux.addInternalSignals(&all)
-        posix_spawnattr_setsigmask(&attr, &none)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(Self.spawnSetSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        let argv = [executable] + arguments
-        let envp = env.map { "\($0.key)=\($0.value)" }
-        var spawned: pid_t = 0
-        let started = Monotonic.now()
-        let rc = Self.withCStrings(argv) { a in
-            Self.withCStrings(envp) { e in
-                executable.contains("/") ? posix_spawn(&spawned, executable, &actions, &attr, a, e)
-                                         : posix_spawnp(&spawned, executable, &actions, &attr, a, e)
-            }
+        let spawned: (pid: pid_t, time: Double)
+        do {
+            spawned = try Spawn.start([executable] + arguments, environment: environment,
+                                      stdout: .fd(outPipe.write), stderr: .fd(mergeStderr ? outPipe.write : errPipe.write))
+        } catch let e as Spawn.Failure {
+            throw HarnessError("cannot start \(name) (\(executable)): \(String(cString: strerror(e.errno)))")
         }
-        guard rc == 0 else {
-            throw HarnessError("cannot start \(name) (\(executable)): \(String(cString: strerror(rc)))")
-        }
-        let child = spawned
-        pid = child
-        startTime = started
+        pid = spawned.pid
+        startTime = spawned.time
         registry.childStarted(pid)
-        let (watch, reg) = (exit, registry)
+        Self.startWaiter(pid: pid, exit: exit, registry: registry, name: "\(name)-wait")
+    }
+
+    /// Reaps the child when it ends, records how and when, and releases the waiters.
+    private static func startWaiter(pid: pid_t, exit: ExitWatch, registry: Registry, name: String) {
         let thread = Thread {
             var status: Int32 = 0
-            while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             let t = Monotonic.now()
             // Whatever the leader left in its group (nothing, normally) goes with it, so the
             // pipes reach end of file.
-            Glibc.kill(-child, SIGKILL)
+            Glibc.kill(-pid, SIGKILL)
             let low = status & 0x7f
-            watch.finish(low == 0 ? .exited((status >> 8) & 0xff) : .signaled(low), at: t)
-            reg.childEnded(child)
+            exit.finish(low == 0 ? .exited((status >> 8) & 0xff) : .signaled(low), at: t)
+            registry.childEnded(pid)
         }
-        thread.name = "\(name)-wait"
+        thread.name = name
         thread.start()
     }
 
@@ -125,9 +100,6 @@ public final class Child: @unchecked Sendable {
         if !exit.isFinished { Glibc.kill(-pid, SIGKILL) }
         exit.wait(until: .distantFuture)
     }
-
-    // POSIX_SPAWN_SETSID (glibc ≥ 2.26); Glibc's module map may not export the GNU constant.
-    private static let spawnSetSID: Int32 = 0x80
 
     private static func startReader(fd: Int32, into log: OutputLog, name: String) {
         let thread = Thread {
@@ -148,12 +120,6 @@ public final class Child: @unchecked Sendable {
         }
         thread.name = name
         thread.start()
-    }
-
-    private static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-        let pointers = strings.map { strdup($0) }
-        defer { pointers.forEach { free($0) } }
-        return body(pointers + [nil])
     }
 
     // MARK: - State

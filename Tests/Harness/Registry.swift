@@ -107,30 +107,8 @@ public final class Registry: @unchecked Sendable {
 
     private static func spawnAndWait(_ argv: [String], environment: [String: String] = [:], quietStdout: Bool,
                                      quietStderr: Bool, register: Bool, registry: Registry? = nil) -> Int32 {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        if quietStdout { posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0) }
-        if quietStderr { posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0) }
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var none = sigset_t(), all = sigset_t()
-        sigemptyset(&none)
-        sigfillset(&all)
-        Linux.addInternalSignals(&all)
-        posix_spawnattr_setsigmask(&attr, &none)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        // Its own process group, so killChildren reaches whatever it starts.
-        posix_spawnattr_setpgroup(&attr, 0)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        let pointers = argv.map { strdup($0) }, envp = env.map { strdup("\($0.key)=\($0.value)") }
-        defer { (pointers + envp).forEach { free($0) } }
-        var pid: pid_t = 0
-        guard posix_spawnp(&pid, argv[0], &actions, &attr, pointers + [nil], envp + [nil]) == 0 else { return 127 }
+        guard let (pid, _) = try? Spawn.start(argv, environment: environment, stdout: quietStdout ? .null : .inherit,
+                                             stderr: quietStderr ? .null : .inherit) else { return 127 }
         if register { registry?.childStarted(pid) }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}

@@ -115,17 +115,21 @@ public enum Report {
             for n in notes { L.append("- \(n)") }
             L.append("")
         }
-        L.append("Scenario notes:")
-        L.append("")
+        return (L + scenarioNotes(scenarios)).joined(separator: "\n") + "\n"
+    }
+
+    /// Each scenario's title, parameters and notes (the migration notes once, under migrate-idle).
+    static func scenarioNotes(_ scenarios: JSONObject) -> [String] {
+        var L = ["Scenario notes:", ""]
         for (name, sc) in scenarios {
             let p = (sc["params"]?.object ?? JSONObject()).map { "\($0.0)=\(PyFormat.str($0.1))" }
             L.append("- **\(name)** — \(sc["title"]?.string ?? ""). Parameters: " + p.joined(separator: ", ") + ".")
             for n in sc["notes"]?.array?.compactMap(\.string) ?? [] {
-                if migrationNotes.contains(n) && name != "migrate-idle" { continue }   // said once, under migrate-idle
+                if migrationNotes.contains(n) && name != "migrate-idle" { continue }
                 L.append("  \(n)")
             }
         }
-        return L.joined(separator: "\n") + "\n"
+        return L
     }
 
     static func relativePath(_ path: String, to root: String) -> String {

@@ -6,14 +6,13 @@ import Harness
 /// results.json and results.md, and (with `--smoke`) the check that they are all there.
 public enum BenchRunner {
     /// Set by SIGINT/SIGTERM/SIGHUP: the suite stops after the current run and writes what it has.
-    private static let interrupted = Flag()
+    static let interrupted = Flag()
 
     /// Runs the suite as `options` say; returns the process's exit status.
     public static func main(_ options: BenchOptions) -> Int32 {
         if let render = options.render { return rerender(render, plots: !options.noPlots) }
         var o = options
         if o.smoke { o.quick = true }
-        let runs = o.runs ?? (o.quick ? 3 : 5)
         let only = o.onlyNames
         let unknown = only.subtracting(allScenarios.map(\.name))
         if !unknown.isEmpty {
@@ -21,10 +20,20 @@ public enum BenchRunner {
             return 1
         }
         let selected = allScenarios.filter { only.isEmpty || only.contains($0.name) }
+        handleInterrupts()
+        defer { Registry.shared.cleanUp() }
+        let started = Monotonic.now()
+        guard let env = prepare(o) else { return interrupted.isSet ? 130 : 1 }
+        let suite = SuiteRun(env: env, runs: o.runs ?? (o.quick ? 3 : 5), only: only)
+        let results = suite.run(selected, started: started)
+        return finish(results, env: env, selected: selected, started: started)
+    }
 
+    /// SIGINT, SIGTERM, SIGHUP: kill what runs and wind down (partial results are written);
+    /// a second one exits at once.
+    static func handleInterrupts() {
         Registry.shared.onInterrupt { sig in
             if interrupted.set() {
-                // A second signal: no more patience.
                 Registry.shared.cleanUp()
                 Glibc.exit(130)
             }
@@ -32,20 +41,20 @@ public enum BenchRunner {
             Registry.shared.close()
             Registry.shared.killChildren(grace: 1)
         }
+    }
 
-        let out = URL(fileURLWithPath: o.out)
+    /// The output directory, the temporary directory, the guest images, the private copy of
+    /// swiftvmm and QEMU; nil (having said why) when the suite cannot run.
+    static func prepare(_ o: BenchOptions) -> BenchEnvironment? {
         let tmp: URL
         do {
-            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(at: URL(fileURLWithPath: o.out), withIntermediateDirectories: true)
             tmp = try Paths.tempDirectory(prefix: "swiftvmm-bench")
         } catch {
             log("cannot create \(o.out) or a temporary directory: \(error)")
-            return 1
+            return nil
         }
         let env = BenchEnvironment(options: o, tmp: tmp)
-        let started = Monotonic.now()
-        defer { Registry.shared.cleanUp() }
-
         ensureImages()
         if o.side != .qemu {
             do {
@@ -60,130 +69,54 @@ public enum BenchRunner {
                 env.swiftvmm = snap
             } catch {
                 log("\(error)")
-                return 1
+                return nil
             }
         }
-        if interrupted.isSet { return 130 }
+        if interrupted.isSet { return nil }
         env.qemu = findQEMU(o)
         if env.qemu == nil { env.qemuSkip = "qemu-system-x86_64 is not installed and could not be installed" }
-        log("swiftvmm: \(env.swiftvmmOrigin["path"]?.string.map { "\($0) (built \(env.swiftvmmOrigin["mtime"]?.string ?? "?"))" } ?? "None")\n"
-            + "qemu:     \(env.qemu ?? "None")\nruns per side: \(runs); temp dir \(tmp.path)")
+        return env
+    }
 
-        var results: JSONObject = ["schema": .int(1), "date": .string(isoDate(time(nil))), "mode": .string(o.quick ? "quick" : "full"),
-                                   "runs": .int(runs), "machine": machineInfo(env), "scenarios": .object([:])]
-        var scenarioResults = JSONObject()
-        scenarios: for sc in selected {
-            if interrupted.isSet { break }
-            var res: JSONObject = ["title": .string(sc.title), "extra": .bool(sc.extra), "params": .object(sc.params(env)),
-                                   "notes": .array(sc.notes.map { .string($0) }),
-                                   "metrics_spec": .array(sc.metrics.map(\.json))]
-            let tScenario = Monotonic.now()
-            do {
-                if o.quick && !sc.inQuick && !only.contains(sc.name) {
-                    throw Skip("not run with --quick (takes long; run it with --only \(sc.name))")
-                }
-                try sc.precheck(env)
-            } catch {
-                let why = "\(error)"
-                res["skipped"] = .string(why)
-                res["swiftvmm"] = .object(["skipped": .string(why)])
-                res["qemu"] = .object(["skipped": .string(why)])
-                scenarioResults[sc.name] = .object(res)
-                log("[\(sc.name)] skipped: \(why)")
-                continue
-            }
-            scenarioResults[sc.name] = .object(res)
-            var per: [Side: [JSONObject]] = [.swiftvmm: [], .qemu: []]
-            var skipped: [Side: String] = [:]
-            if let why = env.qemuSkip { skipped[.qemu] = why }
-            for side in Side.allCases where o.side != .both && o.side.rawValue != side.rawValue {
-                skipped[side] = "not selected (--side \(o.side.rawValue))"
-            }
-            for i in 0..<runs {
-                for side in Side.allCases where skipped[side] == nil {
-                    if interrupted.isSet { break scenarios }
-                    let t = Monotonic.now()
-                    defer { Registry.shared.killChildren() }
-                    do {
-                        var r = try sc.run(env, side: side, index: i)
-                        if interrupted.isSet { break scenarios }
-                        r["elapsed_s"] = .double((Monotonic.now() - t).rounded(places: 2))
-                        per[side, default: []].append(r)
-                        let shown = sc.metrics.filter { r[$0.key] != nil }.map { "\($0.key)=\($0.format(r[$0.key]?.double))" }
-                        log("[\(sc.name)] \(side.rawValue) run \(i + 1)/\(runs): \(shown.joined(separator: ", "))  "
-                            + "(\(String(format: "%.1f", Monotonic.now() - t)) s)")
-                    } catch let e as Skip {
-                        if interrupted.isSet { break scenarios }
-                        skipped[side] = e.description
-                        log("[\(sc.name)] \(side.rawValue) skipped: \(e)")
-                    } catch {
-                        if interrupted.isSet { break scenarios }
-                        let msg = error is BenchError ? "\(error)" : "\(type(of: error)): \(error)"
-                        per[side, default: []].append(["error": .string(msg), "elapsed_s": .double((Monotonic.now() - t).rounded(places: 2))])
-                        log("[\(sc.name)] \(side.rawValue) run \(i + 1)/\(runs) FAILED: \(msg)")
-                    }
-                }
-            }
-            for side in Side.allCases {
-                let runsOfSide = per[side] ?? []
-                if let why = skipped[side], runsOfSide.isEmpty {
-                    res[side.rawValue] = .object(["skipped": .string(why)])
-                } else {
-                    var column = Summary.side(sc.metrics, runs: runsOfSide)
-                    if let why = skipped[side] { column["skipped_later"] = .string(why) }
-                    res[side.rawValue] = .object(column)
-                }
-            }
-            res["ratio"] = .object(Summary.ratios(sc.metrics, swift: res["swiftvmm"] ?? .null, qemu: res["qemu"] ?? .null))
-            res["elapsed_s"] = .double((Monotonic.now() - tScenario).rounded(places: 1))
-            scenarioResults[sc.name] = .object(res)
-        }
-        Registry.shared.killChildren()
-
-        let wasInterrupted = interrupted.isSet
-        results["elapsed_s"] = .double((Monotonic.now() - started).rounded(places: 1))
-        if wasInterrupted {
-            results["interrupted"] = .bool(true)
-            for (name, sc) in scenarioResults {
-                guard var s = sc.object else { continue }
-                for side in Side.allCases where s[side.rawValue] == nil {
-                    s[side.rawValue] = .object(["skipped": .string("interrupted (Ctrl-C) before this scenario finished")])
-                }
-                scenarioResults[name] = .object(s)
-            }
-        }
-        results["scenarios"] = .object(scenarioResults)
-        let json = JSON.object(results)
+    /// Writes results.json, results.md and the plots, prints the table; with `--smoke`, judges.
+    static func finish(_ results: JSON, env: BenchEnvironment, selected: [any Scenario], started: Double) -> Int32 {
+        let o = env.options
+        let out = URL(fileURLWithPath: o.out)
         let rj = out.appendingPathComponent("results.json"), md = out.appendingPathComponent("results.md")
-        let markdown = Report.markdown(json)
+        let markdown = Report.markdown(results)
         do {
-            try Data((json.pretty() + "\n").utf8).write(to: rj)
+            try Data((results.pretty() + "\n").utf8).write(to: rj)
             try Data(markdown.utf8).write(to: md)
         } catch {
             log("cannot write the results to \(out.path): \(error)")
             return 1
         }
         log("\nwrote \(rj.path) and \(md.path) (\(String(format: "%.0f", Monotonic.now() - started)) s)")
+        let wasInterrupted = interrupted.isSet
         if !o.noPlots && !wasInterrupted {
             for p in makePlots(rj, out.appendingPathComponent("figures"), install: !o.smoke) { log("wrote \(p)") }
         }
         log("")
         log(markdown)
         if wasInterrupted { return 130 }
-        if o.smoke {
-            // The scenarios this mode was to run: everything selected, except the long extras
-            // --quick leaves out unless named with --only.
-            let expected = selected.filter { !(o.quick && !$0.inQuick && !only.contains($0.name)) }.map(\.name)
-            let verdict = SmokeCheck.validate(json, expected: expected, qemuUnavailable: env.qemuSkip, sides: o.side)
-            for w in verdict.warnings { log("smoke check WARNING: \(w)") }
-            if !verdict.passed {
-                log("smoke check FAILED (\(verdict.problems.count) problem\(verdict.problems.count == 1 ? "" : "s")):")
-                for p in verdict.problems { log("  - \(p)") }
-                return 1
-            }
-            log("smoke check ok: \(expected.count) scenarios, every figure present"
-                + (env.qemuSkip != nil ? " (QEMU column SKIPPED: \(env.qemuSkip ?? ""))" : ""))
+        return o.smoke ? smoke(results, env: env, selected: selected) : 0
+    }
+
+    /// The `--smoke` verdict, printed: each problem on its own line.
+    static func smoke(_ results: JSON, env: BenchEnvironment, selected: [any Scenario]) -> Int32 {
+        let o = env.options, only = o.onlyNames
+        // The scenarios this mode was to run: everything selected, except the long extras
+        // --quick leaves out unless named with --only.
+        let expected = selected.filter { $0.inQuick || only.contains($0.name) }.map(\.name)
+        let verdict = SmokeCheck.validate(results, expected: expected, qemuUnavailable: env.qemuSkip, sides: o.side)
+        for w in verdict.warnings { log("smoke check WARNING: \(w)") }
+        guard verdict.passed else {
+            log("smoke check FAILED (\(verdict.problems.count) problem\(verdict.problems.count == 1 ? "" : "s")):")
+            for p in verdict.problems { log("  - \(p)") }
+            return 1
         }
+        log("smoke check ok: \(expected.count) scenarios, every figure present"
+            + (env.qemuSkip.map { " (QEMU column SKIPPED: \($0))" } ?? ""))
         return 0
     }
 
@@ -203,6 +136,125 @@ public enum BenchRunner {
             for p in makePlots(rj, rj.deletingLastPathComponent().appendingPathComponent("figures"), install: true) { log("wrote \(p)") }
         }
         return 0
+    }
+}
+
+/// One run of the suite: the scenarios in order, each side `runs` times, alternated.
+final class SuiteRun {
+    let env: BenchEnvironment
+    let runs: Int
+    let only: Set<String>
+    private var scenarios = JSONObject()
+
+    init(env: BenchEnvironment, runs: Int, only: Set<String>) {
+        (self.env, self.runs, self.only) = (env, runs, only)
+    }
+
+    var interrupted: Bool { BenchRunner.interrupted.isSet }
+
+    /// Runs `selected` and returns the whole results.json.
+    func run(_ selected: [any Scenario], started: Double) -> JSON {
+        log("swiftvmm: \(env.swiftvmmOrigin["path"]?.string.map { "\($0) (built \(env.swiftvmmOrigin["mtime"]?.string ?? "?"))" } ?? "None")\n"
+            + "qemu:     \(env.qemu ?? "None")\nruns per side: \(runs); temp dir \(env.tmp.path)")
+        var results: JSONObject = ["schema": .int(1), "date": .string(isoDate(time(nil))), "mode": .string(env.quick ? "quick" : "full"),
+                                   "runs": .int(runs), "machine": machineInfo(env), "scenarios": .object([:])]
+        for sc in selected where !interrupted { scenario(sc) }
+        Registry.shared.killChildren()
+        results["elapsed_s"] = .double((Monotonic.now() - started).rounded(places: 1))
+        if interrupted {
+            results["interrupted"] = .bool(true)
+            for (name, sc) in scenarios {
+                guard var s = sc.object else { continue }
+                for side in Side.allCases where s[side.rawValue] == nil {
+                    s[side.rawValue] = .object(["skipped": .string("interrupted (Ctrl-C) before this scenario finished")])
+                }
+                scenarios[name] = .object(s)
+            }
+        }
+        results["scenarios"] = .object(scenarios)
+        return .object(results)
+    }
+
+    /// One scenario: skipped as a whole, or every run of both sides and their summary.
+    private func scenario(_ sc: any Scenario) {
+        var res: JSONObject = ["title": .string(sc.title), "extra": .bool(sc.extra), "params": .object(sc.params(env)),
+                               "notes": .array(sc.notes.map { .string($0) }), "metrics_spec": .array(sc.metrics.map(\.json))]
+        let started = Monotonic.now()
+        do {
+            if env.quick && !sc.inQuick && !only.contains(sc.name) {
+                throw Skip("not run with --quick (takes long; run it with --only \(sc.name))")
+            }
+            try sc.precheck(env)
+        } catch {
+            let why = "\(error)"
+            res["skipped"] = .string(why)
+            res["swiftvmm"] = .object(["skipped": .string(why)])
+            res["qemu"] = .object(["skipped": .string(why)])
+            scenarios[sc.name] = .object(res)
+            log("[\(sc.name)] skipped: \(why)")
+            return
+        }
+        scenarios[sc.name] = .object(res)
+        var per: [Side: [JSONObject]] = [:]
+        var skipped: [Side: String] = [:]
+        if let why = env.qemuSkip { skipped[.qemu] = why }
+        for side in Side.allCases where env.options.side != .both && env.options.side.rawValue != side.rawValue {
+            skipped[side] = "not selected (--side \(env.options.side.rawValue))"
+        }
+        for i in 0..<runs {
+            for side in Side.allCases where skipped[side] == nil {
+                if interrupted { return }
+                switch once(sc, side: side, index: i) {
+                case .figures(let r): per[side, default: []].append(r)
+                case .skipped(let why): skipped[side] = why
+                case .interrupted: return
+                }
+            }
+        }
+        for side in Side.allCases {
+            let runsOfSide = per[side] ?? []
+            if let why = skipped[side], runsOfSide.isEmpty {
+                res[side.rawValue] = .object(["skipped": .string(why)])
+            } else {
+                var column = Summary.side(sc.metrics, runs: runsOfSide)
+                if let why = skipped[side] { column["skipped_later"] = .string(why) }
+                res[side.rawValue] = .object(column)
+            }
+        }
+        res["ratio"] = .object(Summary.ratios(sc.metrics, swift: res["swiftvmm"] ?? .null, qemu: res["qemu"] ?? .null))
+        res["elapsed_s"] = .double((Monotonic.now() - started).rounded(places: 1))
+        scenarios[sc.name] = .object(res)
+    }
+
+    enum Outcome {
+        /// The run's figures, or its error (`{"error": …}`).
+        case figures(JSONObject)
+        case skipped(String)
+        case interrupted
+    }
+
+    /// One run of one side; whatever it started is killed afterwards.
+    private func once(_ sc: any Scenario, side: Side, index i: Int) -> Outcome {
+        let t = Monotonic.now()
+        defer { Registry.shared.killChildren() }
+        do {
+            var r = try sc.run(env, side: side, index: i)
+            if interrupted { return .interrupted }
+            r["elapsed_s"] = .double((Monotonic.now() - t).rounded(places: 2))
+            let shown = sc.metrics.filter { r[$0.key] != nil }.map { "\($0.key)=\($0.format(r[$0.key]?.double))" }
+            log("[\(sc.name)] \(side.rawValue) run \(i + 1)/\(runs): \(shown.joined(separator: ", "))  "
+                + "(\(String(format: "%.1f", Monotonic.now() - t)) s)")
+            return .figures(r)
+        } catch let e as Skip {
+            if interrupted { return .interrupted }
+            log("[\(sc.name)] \(side.rawValue) skipped: \(e)")
+            return .skipped(e.description)
+        } catch {
+            if interrupted { return .interrupted }
+            let msg = error is BenchError ? "\(error)" : "\(type(of: error)): \(error)"
+            log("[\(sc.name)] \(side.rawValue) run \(i + 1)/\(runs) FAILED: \(msg)")
+            return .figures(["error": .string(msg), "elapsed_s": .double((Monotonic.now() - t).rounded(places: 2))])
+        }
     }
 }
 
