@@ -6,6 +6,8 @@ import Testing
 @Suite("migration failures keep the guest on the source", .serialized)
 struct MigrationFailureTests {
     static let memtouch = "size=32M heartbeat-ms=200 passes=60000"
+    /// A guest that outlives a migration attempt of several seconds by as many again.
+    static let memtouchLong = "size=32M heartbeat-ms=200 passes=200000"
     /// A link too slow for memtouch's dirty rate: pre-copy never converges by itself.
     static let slow = ["--max-bandwidth", "256K", "--auto-converge", "off"]
 
@@ -174,7 +176,7 @@ struct MigrationFailureTests {
     @Test("non-convergence: a tiny --max-bandwidth without auto-converge hits --max-time; the guest stays on the source")
     func nonConvergenceHitsMaxTime() throws {
         let rig = try MigrationRig()
-        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouchLong)
         #expect(src.waitFor("HEARTBEAT", timeout: 30))
         let listen = "unix:" + rig.path("m.sock")
         let (dst, _) = try rig.target(listen: listen)

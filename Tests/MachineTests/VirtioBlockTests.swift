@@ -34,12 +34,12 @@ struct VirtioBlockTests {
         let odd = try TempImage(sectors: 0, bytes: 1000)
         for (path, words) in [(empty.path, "0 bytes"), (odd.path, "1000 bytes"), ("/nonexistent/disk.img", "cannot open")] {
             do {
-                let d = try VirtioBlock(path: path, volume: "v", readonly: false, memory: memory,
+                let d = try makeBlock(path: path, volume: "v", readonly: false, memory: memory,
                                         base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt())
                 d.shutdown()
                 Issue.record("accepted \(path)")
             } catch {
-                #expect(error.description.contains(path) && error.description.contains(words), "\(error)")
+                #expect("\(error)".contains(path) && "\(error)".contains(words), "\(error)")
             }
         }
     }

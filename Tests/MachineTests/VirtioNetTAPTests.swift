@@ -69,8 +69,8 @@ struct VirtioNetTAPTests {
         let mac: [UInt8] = [0x52, 0x54, 0, 0x11, 0x22, 0x33]
         let tap = "svq\(ns.name.suffix(6))"
         let (source, target) = try ns.inside {
-            (try VirtioNet(tap: tap, mac: mac, memory: memory, base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt()),
-             try VirtioNet(tap: tap, mac: mac, memory: memory, base: GuestAddress(0xd000_1000), interrupt: CountingInterrupt()))
+            (try makeNet(tap: tap, mac: mac, memory: memory, base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt()),
+             try makeNet(tap: tap, mac: mac, memory: memory, base: GuestAddress(0xd000_1000), interrupt: CountingInterrupt()))
         }
         defer { source.shutdown(); target.shutdown() }
         #expect(source.multiQueue && target.multiQueue)

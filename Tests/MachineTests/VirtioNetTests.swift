@@ -8,7 +8,7 @@ import Testing
 final class NetRig {
     let memory: GuestMemory
     let interrupt = CountingInterrupt()
-    let device: VirtioNet
+    let device: VirtioNetDevice
     let driver: VirtioTestDriver
     let peer: Int32
 
@@ -25,7 +25,7 @@ final class NetRig {
         }
         _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
         peer = fds[1]
-        device = try VirtioNet(fd: fds[0], interfaceName: "test", mac: mac, memory: self.memory,
+        device = try makeNet(fd: fds[0], interfaceName: "test", mac: mac, memory: self.memory,
                                base: GuestAddress(0xd000_1000), interrupt: interrupt)
         driver = VirtioTestDriver(memory: self.memory, device: device)
     }
@@ -203,7 +203,7 @@ struct VirtioNetTests {
         var fds: [Int32] = [0, 0]
         #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &fds) == 0)
         _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
-        let device = try VirtioNet(fd: fds[0], interfaceName: "hangup", mac: [0x52, 0x54, 0, 0, 0, 1], memory: memory,
+        let device = try makeNet(fd: fds[0], interfaceName: "hangup", mac: [0x52, 0x54, 0, 0, 0, 1], memory: memory,
                                    base: GuestAddress(0xd000_1000), interrupt: CountingInterrupt())
         defer { device.shutdown() }
         let driver = VirtioTestDriver(memory: memory, device: device)

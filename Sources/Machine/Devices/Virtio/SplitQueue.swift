@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 
 /// One buffer of a descriptor chain, already checked to lie entirely in guest RAM.
 public struct VirtioSegment: Sendable, Equatable {
@@ -156,7 +156,7 @@ public struct SplitQueue: Sendable, Equatable {
     /// avail.idx, read with acquire ordering (everything the driver wrote before it is visible).
     public func availIndex(in memory: GuestMemory) -> UInt16? {
         guard let p = memory.pointer(address(availRing, 2), length: 2) else { return nil }
-        return UInt16(littleEndian: ckvm_load_acquire16(p.assumingMemoryBound(to: UInt16.self)))
+        return UInt16(littleEndian: clinux_load_acquire16(p.assumingMemoryBound(to: UInt16.self)))
     }
 
     /// The published used.idx.
@@ -277,7 +277,7 @@ public struct SplitQueue: Sendable, Equatable {
         e.storeBytes(of: length.littleEndian, toByteOffset: 4, as: UInt32.self)
         memory.markDirty(elem, length: 8)
         nextUsed &+= 1
-        ckvm_store_release16(idx.assumingMemoryBound(to: UInt16.self), nextUsed.littleEndian)
+        clinux_store_release16(idx.assumingMemoryBound(to: UInt16.self), nextUsed.littleEndian)
         memory.markDirty(address(usedRing, 2), length: 2)
     }
 
@@ -285,7 +285,7 @@ public struct SplitQueue: Sendable, Equatable {
     /// (avail.flags without EVENT_IDX, used_event with it). Records the notification.
     public mutating func needsNotification(_ memory: GuestMemory) -> Bool {
         guard ready, size > 0 else { return false }
-        ckvm_fence()
+        clinux_fence()
         if eventIdx {
             let new = nextUsed
             let old = signalledUsed
@@ -306,7 +306,7 @@ public struct SplitQueue: Sendable, Equatable {
         if eventIdx {
             try? memory.store(nextAvail, at: address(usedRing, 4 + 8 * UInt64(size)))
         }
-        ckvm_fence()
+        clinux_fence()
         guard let a = availIndex(in: memory) else { return false }
         return a != nextAvail
     }

@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 import Glibc
 
 /// Errors of guest-memory access, naming the address range.
@@ -57,7 +57,7 @@ public final class MemoryRegion: @unchecked Sendable {
         var page = offset / MemoryMap.pageSize
         let last = (offset + length - 1) / MemoryMap.pageSize
         while page <= last {
-            ckvm_atomic_or64(dirty + Int(page / 64), 1 << (page % 64))
+            clinux_atomic_or64(dirty + Int(page / 64), 1 << (page % 64))
             page += 1
         }
     }
@@ -65,8 +65,8 @@ public final class MemoryRegion: @unchecked Sendable {
     /// Takes (reads and clears) 64 pages' worth of the VMM dirty bitmap at `word`.
     public func takeDirtyWord(_ word: Int) -> UInt64 {
         guard word >= 0 && word < bitmapWords else { return 0 }
-        if ckvm_atomic_load64(dirty + word) == 0 { return 0 }
-        return ckvm_atomic_xchg64(dirty + word, 0)
+        if clinux_atomic_load64(dirty + word) == 0 { return 0 }
+        return clinux_atomic_xchg64(dirty + word, 0)
     }
 
     /// Which host pages of this region have ever been touched (resident), via mincore.

@@ -3,8 +3,10 @@
 ///
 /// ```
 /// 0x0000_0000 ..< min(size, 3 GiB)     RAM (low)
-/// 0xC000_0000 ..< 0xD000_0000          virtio-mmio device windows (4 KiB each)
-/// 0xFEC0_0000                          IOAPIC            0xFEE0_0000  LAPIC
+/// 0xC000_0000 ..< 0x1_0000_0000        32-bit MMIO hole:
+///   0xD000_0000 + n·4 KiB              virtio-mmio device n (n = 0…18, IRQ 5 + n)
+///   0xFEC0_0000                        IOAPIC
+///   0xFEE0_0000                        local APICs
 /// 0x1_0000_0000 ..< 4 GiB + rest       RAM (high), only when size > 3 GiB
 /// ```
 public struct MemoryMap: Sendable, Equatable {
@@ -25,6 +27,8 @@ public struct MemoryMap: Sendable, Equatable {
     public static let virtioMMIOWindowSize: UInt64 = 0x1000
     /// First IRQ line handed to virtio-mmio devices (IOAPIC pins 5…23).
     public static let virtioFirstIRQ: UInt32 = 5
+    /// Last IOAPIC pin (24 pins).
+    public static let lastIRQ: UInt32 = 23
     /// Smallest machine swiftvmm builds; boot structures and a kernel need at least this.
     public static let minimumMemory: UInt64 = 16 << 20
     /// Largest machine swiftvmm builds (1 TiB).

@@ -166,9 +166,9 @@ public final class PageEncoder {
             // Raw: header from `output`, data straight from the staging pages.
             let header = UnsafeRawBufferPointer(start: output, count: dataStart)
             let data = UnsafeRawBufferPointer(start: source, count: raw)
-            try connection.sendParts(.pages, [header, data])
+            try connection.send(.pages, parts: [header, data])
         } else {
-            try connection.send(.pages, UnsafeRawBufferPointer(start: output, count: dataStart + dataLength))
+            try connection.send(.pages, parts: [UnsafeRawBufferPointer(start: output, count: dataStart + dataLength)])
         }
         counters.dataPages += dataPages
         counters.rawBytes += UInt64(raw)

@@ -4,14 +4,21 @@ import Foundation
 /// Pre-shared-key authentication of both peers: each proves it holds the key by an
 /// HMAC-SHA256 over both sides' random nonces and its role.
 public enum Auth {
-    public static func nonce() -> [UInt8] {
-        var g = SystemRandomNumberGenerator()
-        return (0..<32).map { _ in UInt8.random(in: 0...255, using: &g) }
+    public static let nonceBytes = 32
+
+    /// Which side proves the key: each side's proof names it, so one cannot stand for the other.
+    public enum Role: String, Sendable {
+        case source = "send", target = "recv"
     }
 
-    public static func proof(key: [UInt8], role: String, first: [UInt8], second: [UInt8]) -> [UInt8] {
+    public static func nonce() -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        return (0..<nonceBytes).map { _ in UInt8.random(in: 0...255, using: &g) }
+    }
+
+    public static func proof(key: [UInt8], role: Role, first: [UInt8], second: [UInt8]) -> [UInt8] {
         var h = HMAC<SHA256>(key: SymmetricKey(data: key))
-        h.update(data: Array(role.utf8))
+        h.update(data: Array(role.rawValue.utf8))
         h.update(data: first)
         h.update(data: second)
         return Array(h.finalize())

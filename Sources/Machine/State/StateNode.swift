@@ -1,10 +1,13 @@
 /// A plain tree of named byte-string properties: how every piece of machine state (vCPUs,
-/// irqchip, devices) is written down for migration. The migration layer stores it as an FDT;
-/// devices encode their typed `State` into one and decode (and validate) it back.
+/// irqchip, devices) is written down. The migration layer stores it as an FDT; each component
+/// encodes its typed `State` into one and decodes (and validates) it back — see `Snapshottable`.
 public struct StateNode: Sendable, Equatable {
     public var name: String
     public var properties: [(String, [UInt8])]
     public var children: [StateNode]
+
+    /// The property holding a component state's format version (`ComponentState.version`).
+    public static let versionKey = "version"
 
     public init(name: String, properties: [(String, [UInt8])] = [], children: [StateNode] = []) {
         self.name = name; self.properties = properties; self.children = children
@@ -75,37 +78,19 @@ public enum StateError: Error, Equatable, CustomStringConvertible {
     case missing(node: String, property: String)
     case badSize(node: String, property: String, expected: Int, got: Int)
     case invalid(node: String, reason: String)
+    /// The node was written by a newer swiftvmm whose format this one does not know.
+    case unsupportedVersion(node: String, version: UInt32, known: UInt32)
+    /// The live component could not produce or take its state (a KVM call failed).
+    case unavailable(node: String, reason: String)
 
     public var description: String {
         switch self {
+        case .unsupportedVersion(let n, let v, let k):
+            return "state of \(n) has format version \(v); this swiftvmm reads up to version \(k)"
+        case .unavailable(let n, let r): return "state of \(n): \(r)"
         case .missing(let n, let p): return "state of \(n) lacks '\(p)'"
         case .badSize(let n, let p, let e, let g): return "state of \(n): '\(p)' is \(g) bytes, expected \(e)"
         case .invalid(let n, let r): return "state of \(n) is invalid: \(r)"
         }
     }
-}
-
-/// A device whose state moves with the guest. Migration talks only to this.
-public protocol MigratableDevice: AnyObject, Sendable {
-    /// Stable identifier matched between source and target (`virtio-blk@0xd0000000`).
-    var stateName: String { get }
-    /// Stops taking new work and returns once every in-flight request has completed and its
-    /// results are in guest memory. The vCPUs are already paused.
-    func quiesce()
-    /// Resumes processing after `quiesce` (a cancelled migration, or the target after restore).
-    func unquiesce()
-    /// The device's state; only called while quiesced.
-    func saveState() -> StateNode
-    /// Rebuilds the device from `state` (validated first; nothing changes on error).
-    func restoreState(_ state: StateNode) throws(StateError)
-}
-
-/// A device backed by a named volume (a disk): migration maps volumes by name on the target.
-public protocol VolumeBackedDevice: MigratableDevice {
-    var volumeName: String { get }
-}
-
-/// A device that can tell the network the guest moved (a NIC sending a RARP/gratuitous ARP).
-public protocol AnnouncingDevice: MigratableDevice {
-    func announce()
 }

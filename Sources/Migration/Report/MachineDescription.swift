@@ -1,16 +1,17 @@
-import Foundation
-import KVM
 import Machine
 
 /// What the receiver must know before a byte of memory moves: the machine's configuration.
-/// Sent as an FDT in the `config` section and checked by `PreCheck`.
+/// Sent as an FDT in the `config` section and checked by the target's pre-check
+/// (`TargetPreCheck`).
 public struct MachineDescription: Sendable, Equatable {
     public struct Device: Sendable, Equatable {
         public var stateName: String
-        /// `serial`, `virtio-blk`, `virtio-net`, … (the part of `stateName` before `@`).
-        public var kind: String { String(stateName.split(separator: "@").first ?? Substring(stateName)) }
+        public var kind: DeviceKind
+        /// The volume a disk is matched by.
         public var volume: String?
-        public init(stateName: String, volume: String?) { self.stateName = stateName; self.volume = volume }
+        public init(stateName: String, kind: DeviceKind, volume: String?) {
+            self.stateName = stateName; self.kind = kind; self.volume = volume
+        }
     }
 
     public var name: String
@@ -33,14 +34,14 @@ public struct MachineDescription: Sendable, Equatable {
     public static func of(_ vm: VM, uuid: String) -> MachineDescription {
         MachineDescription(
             name: vm.config.name, uuid: uuid, vmmVersion: SwiftVMMVersion.string,
-            memorySize: vm.memory.totalSize, cpus: vm.vcpus.count, cpuid: vm.cpuid.first ?? [],
-            devices: vm.devices.map { Device(stateName: $0.stateName, volume: ($0 as? any VolumeBackedDevice)?.volumeName) },
+            memorySize: vm.memory.totalSize, cpus: vm.cpus.count, cpuid: vm.cpuid.first ?? [],
+            devices: vm.devices.all.map { Device(stateName: $0.stateName, kind: $0.kind, volume: $0.volumeName) },
             tscKHz: vm.tscKHz)
     }
 
     public var stateNode: StateNode {
         var root = StateNode(name: "")
-        root.set("required-features", bytes: Array("pages-v1\0state-v1\0".utf8))
+        root.set("required-features", bytes: Array(Wire.requiredFeatures.map { $0 + "\0" }.joined().utf8))
         root.set("name", string: name)
         root.set("uuid", string: uuid)
         root.set("vmm-version", string: vmmVersion)
@@ -54,6 +55,7 @@ public struct MachineDescription: Sendable, Equatable {
         for (i, d) in devices.enumerated() {
             var n = StateNode(name: "device@\(i)")
             n.set("state-name", string: d.stateName)
+            n.set("kind", string: d.kind.rawValue)
             if let v = d.volume { n.set("volume", string: v) }
             devs.children.append(n)
         }
@@ -87,7 +89,11 @@ public struct MachineDescription: Sendable, Equatable {
                 throw MigrationError.stream("device list in the stream is missing or too long")
             }
             devices = try devs.children.map { n in
-                Device(stateName: try n.string("state-name"), volume: n.optionalBytes("volume").map { b in
+                let kindName = try n.string("kind")
+                guard let kind = DeviceKind(rawValue: kindName) else {
+                    throw MigrationError.refused("the guest has a device this swiftvmm cannot host: \(kindName)")
+                }
+                return Device(stateName: try n.string("state-name"), kind: kind, volume: n.optionalBytes("volume").map { b in
                     String(decoding: b.last == 0 ? Array(b.dropLast()) : b, as: UTF8.self)
                 })
             }

@@ -92,6 +92,9 @@ public struct MigrationReport: Sendable {
     public var compression = "lz4"
     public var endpoint = ""
     public var maxThrottle = 0
+    /// When the source paused the guest: wall clock (compared with the target's) and monotonic.
+    var pausedAtWallNs: UInt64 = 0
+    var pausedAtMonotonic: Double = 0
 
     public var wireBytes: UInt64 { rounds.reduce(0) { $0 + $1.wireBytes } }
     public var rawBytes: UInt64 { rounds.reduce(0) { $0 + $1.rawBytes } }
