@@ -32,7 +32,7 @@ public final class ControlClient: @unchecked Sendable {
         data.append(10)
         let ok = data.withUnsafeBytes { p -> Bool in
             guard let b = p.baseAddress else { return false }
-            return write(fd, b, p.count) == p.count
+            return send(fd, b, p.count, Int32(MSG_NOSIGNAL)) == p.count
         }
         guard ok else { throw ControlError("lost the connection to the VM's API socket") }
         while true {

@@ -120,7 +120,7 @@ public final class ControlServer: @unchecked Sendable {
             var off = 0
             while off < p.count {
                 guard let b = p.baseAddress else { return false }
-                let n = write(c, b + off, p.count - off)
+                let n = send(c, b + off, p.count - off, Int32(MSG_NOSIGNAL))
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { return false }
                 off += n

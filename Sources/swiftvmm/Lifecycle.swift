@@ -54,6 +54,9 @@ func exitCode(for reason: StopReason) -> Int32 {
     switch reason {
     case .guest(.debugExit(let v)): return Int32(truncatingIfNeeded: (v << 1) | 1) & 0xff
     case .guest(.reset): return 0
+    case .guest(.powerOff):
+        note("the guest powered off")
+        return 0
     case .signal(let s):
         note("stopped by \(s == SIGINT ? "SIGINT" : "SIGTERM")")
         return 0

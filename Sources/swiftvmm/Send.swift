@@ -49,6 +49,38 @@ struct Send: ParsableCommand {
     var holdBeforeCommitMs: Int?
 
     func run() throws {
+        let args = try arguments()
+        let path = apiSocketPath(for: vm)
+        let client: ControlClient
+        let poller: ControlClient
+        do {
+            client = try ControlClient(path: path)
+            poller = try ControlClient(path: path)
+        } catch { throw fail("\(error)") }
+
+        // Ctrl-C cancels; the guest keeps running on the source.
+        let sig = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        signal(SIGINT, SIG_IGN)
+        sig.setEventHandler {
+            if let c = try? ControlClient(path: path) { _ = try? c.execute("migrate-cancel") }
+        }
+        sig.resume()
+        defer { sig.cancel() }
+
+        switch follow(migrate: client, args, poller: poller) {
+        case .success(let r):
+            if let file = report {
+                let data = (try? JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys])) ?? Data()
+                guard FileManager.default.createFile(atPath: file, contents: data) else { throw fail("cannot write --report \(file)") }
+            }
+            print(Progress.summary(r))
+        case .failure(let e):
+            throw fail("migration failed: \(e)")
+        }
+    }
+
+    /// The options as the API's `migrate` arguments, checked.
+    func arguments() throws -> [String: Any] {
         do { _ = try Endpoint.parse(to) } catch { throw fail("--to \(error)") }
         guard ["lz4", "none"].contains(compress) else { throw fail("--compress must be lz4 or none") }
         guard ["on", "off"].contains(autoConverge) else { throw fail("--auto-converge must be on or off") }
@@ -68,23 +100,12 @@ struct Send: ParsableCommand {
         }
         if let v = streamVersion { args["stream-version"] = v }
         if let v = holdBeforeCommitMs { args["hold-before-commit-ms"] = v }
-        let path = apiSocketPath(for: vm)
-        let client: ControlClient
-        let poller: ControlClient
-        do {
-            client = try ControlClient(path: path)
-            poller = try ControlClient(path: path)
-        } catch { throw fail("\(error)") }
+        return args
+    }
 
-        // Ctrl-C cancels; the guest keeps running on the source.
-        let sig = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        signal(SIGINT, SIG_IGN)
-        sig.setEventHandler {
-            if let c = try? ControlClient(path: path) { _ = try? c.execute("migrate-cancel") }
-        }
-        sig.resume()
-        defer { sig.cancel() }
-
+    /// Runs `migrate` on `client` in the background and, on a terminal, redraws a progress line
+    /// from `poller` until it ends.
+    func follow(migrate client: ControlClient, _ args: [String: Any], poller: ControlClient) -> Result<[String: Any], Error> {
         let done = NSCondition()
         nonisolated(unsafe) var result: Result<[String: Any], Error>?
         let request = Unchecked(args)
@@ -110,21 +131,10 @@ struct Send: ParsableCommand {
             }
             done.lock()
         }
-        let final = result
+        let final = result ?? .failure(ControlError("the migration ended without a result"))
         done.unlock()
         if tty && !lastLine.isEmpty { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) }
-        switch final {
-        case .success(let r):
-            if let file = report {
-                let data = (try? JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys])) ?? Data()
-                guard FileManager.default.createFile(atPath: file, contents: data) else { throw fail("cannot write --report \(file)") }
-            }
-            print(Progress.summary(r))
-        case .failure(let e):
-            throw fail("migration failed: \(e)")
-        case nil:
-            throw fail("migration ended without a result")
-        }
+        return final
     }
 }
 

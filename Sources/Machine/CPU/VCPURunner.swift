@@ -251,8 +251,10 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         switch exit {
         case .shutdown:
             return .tripleFault("vCPU \(v.id): triple fault (CPU shutdown) at rip \(ripDescription(v))")
-        case .systemEvent(.shutdown), .systemEvent(.reset):
-            // A guest that powers off or resets ends the VMM cleanly, like a reset through i8042.
+        case .systemEvent(.shutdown):
+            return .guest(.powerOff)
+        case .systemEvent(.reset):
+            // A reset ends the VMM cleanly, like a reset through the i8042.
             return .guest(.reset)
         case .systemEvent(let type):
             return .internalError("vCPU \(v.id): guest crash event (\(type)) at rip \(ripDescription(v))")

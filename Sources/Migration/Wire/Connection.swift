@@ -37,12 +37,16 @@ public final class Connection: ByteSource, @unchecked Sendable {
         var index = 0
         while index < iov.count && iov[index].iov_len == 0 { index += 1 }
         while index < iov.count {
-            let n = iov[index...].withUnsafeBufferPointer { p in
-                writev(fd, p.baseAddress, Int32(min(p.count, 64)))
+            // sendmsg with MSG_NOSIGNAL: a peer that hung up is an error here, never SIGPIPE.
+            let n = iov[index...].withUnsafeMutableBufferPointer { p -> Int in
+                var msg = msghdr()
+                msg.msg_iov = p.baseAddress
+                msg.msg_iovlen = min(p.count, 64)
+                return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
             }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw MigrationError.connection("connection lost while sending: \(String(cString: strerror(errno)))")
+                throw lostWhileSending(errno)
             }
             bytesWritten += UInt64(n)
             var left = n
@@ -55,6 +59,14 @@ public final class Connection: ByteSource, @unchecked Sendable {
             }
             while index < iov.count && iov[index].iov_len == 0 { index += 1 }
         }
+    }
+
+    /// Why a write failed: the reason the peer gave before it hung up, when it gave one.
+    private func lostWhileSending(_ e: Int32) -> MigrationError {
+        let lost = MigrationError.connection("connection lost while sending: \(String(cString: strerror(e)))")
+        guard waitIncoming(timeoutMs: 100), let s = try? receive() else { return lost }
+        do { try Self.raiseIfAbort(s) } catch let m as MigrationError { return m } catch {}
+        return lost
     }
 
     public func readExactly(_ out: UnsafeMutableRawBufferPointer) throws {

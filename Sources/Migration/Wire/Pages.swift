@@ -195,7 +195,20 @@ public final class PageDecoder {
         try payload.withUnsafeBytes { p in try apply(p) }
     }
 
-    public func apply(_ p: UnsafeRawBufferPointer) throws {
+    /// A batch's header and bitmaps, checked against each other and against guest RAM.
+    struct Batch {
+        var encoding: UInt8
+        var windowPages: Int
+        var dataPages: Int
+        var dataLength: Int
+        var sent: UnsafeRawBufferPointer
+        var zero: UnsafeRawBufferPointer
+        var data: UnsafeRawPointer
+        var region: MemoryRegion
+        var offset: UInt64
+    }
+
+    func parse(_ p: UnsafeRawBufferPointer) throws -> Batch {
         let fixed = PageBatch.headerSize + 2 * PageBatch.bitmapBytes
         guard p.count >= fixed, let base = p.baseAddress else { throw MigrationError.stream("page batch is truncated (\(p.count) bytes)") }
         let encoding = base.load(as: UInt8.self)
@@ -227,11 +240,19 @@ public final class PageDecoder {
         guard withData == dataPages else {
             throw MigrationError.stream("page batch bitmap names \(withData) data pages, header says \(dataPages)")
         }
+        return Batch(encoding: encoding, windowPages: windowPages, dataPages: dataPages, dataLength: dataLength,
+                     sent: sent, zero: zero, data: UnsafeRawPointer(base + fixed), region: region, offset: offset)
+    }
+
+    public func apply(_ p: UnsafeRawBufferPointer) throws {
+        let b = try parse(p)
+        let (encoding, windowPages, dataPages, dataLength, sent, zero, region, offset) =
+            (b.encoding, b.windowPages, b.dataPages, b.dataLength, b.sent, b.zero, b.region, b.offset)
         let rawLength = dataPages * PageBatch.pageSize
         if encoding == 1 && dataPages == windowPages {
             // Every page of the window carries data: decompress straight into guest memory.
             let dst = region.host + Int(offset)
-            let n = LZ4_decompress_safe((base + fixed).assumingMemoryBound(to: CChar.self),
+            let n = LZ4_decompress_safe(b.data.assumingMemoryBound(to: CChar.self),
                                         dst.assumingMemoryBound(to: CChar.self), Int32(dataLength), Int32(rawLength))
             guard n == rawLength else { throw MigrationError.stream("page batch does not decompress to \(dataPages) pages") }
             counters.dataPages += dataPages
@@ -240,13 +261,13 @@ public final class PageDecoder {
         }
         let data: UnsafeRawPointer
         if encoding == 1 {
-            let n = LZ4_decompress_safe((base + fixed).assumingMemoryBound(to: CChar.self),
+            let n = LZ4_decompress_safe(b.data.assumingMemoryBound(to: CChar.self),
                                         scratch.assumingMemoryBound(to: CChar.self), Int32(dataLength), Int32(rawLength))
             guard n == rawLength else { throw MigrationError.stream("page batch does not decompress to \(dataPages) pages") }
             data = UnsafeRawPointer(scratch)
         } else {
             guard dataLength == rawLength else { throw MigrationError.stream("raw page batch has \(dataLength) bytes for \(dataPages) pages") }
-            data = base + fixed
+            data = b.data
         }
         var next = 0
         for i in 0..<windowPages where sent[i / 8] & (1 << UInt8(i % 8)) != 0 {

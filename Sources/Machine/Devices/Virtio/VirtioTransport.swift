@@ -115,23 +115,7 @@ extension VirtioMMIOState {
         case R.queueSel: queueSel = value
         case R.queueNum, R.queueDescLow, R.queueDescHigh, R.queueDriverLow, R.queueDriverHigh,
              R.queueDeviceLow, R.queueDeviceHigh:
-            guard Int(queueSel) < queues.count else { return .none }
-            let i = Int(queueSel)
-            // A live queue's configuration is frozen.
-            guard !queues[i].ready else { return .none }
-            func low(_ a: GuestAddress) -> GuestAddress { GuestAddress((a.raw & 0xffff_ffff_0000_0000) | UInt64(value)) }
-            func high(_ a: GuestAddress) -> GuestAddress { GuestAddress((a.raw & 0xffff_ffff) | (UInt64(value) << 32)) }
-            switch offset {
-            case R.queueNum:
-                // Sizes above the maximum never stick; the rest is checked at QueueReady.
-                if value <= UInt32(queues[i].maxSize) { queues[i].size = UInt16(value) }
-            case R.queueDescLow: queues[i].descTable = low(queues[i].descTable)
-            case R.queueDescHigh: queues[i].descTable = high(queues[i].descTable)
-            case R.queueDriverLow: queues[i].availRing = low(queues[i].availRing)
-            case R.queueDriverHigh: queues[i].availRing = high(queues[i].availRing)
-            case R.queueDeviceLow: queues[i].usedRing = low(queues[i].usedRing)
-            default: queues[i].usedRing = high(queues[i].usedRing)
-            }
+            writeQueueRegister(offset, value)
         case R.queueReady:
             guard Int(queueSel) < queues.count else { return .none }
             let i = Int(queueSel)
@@ -158,6 +142,26 @@ extension VirtioMMIOState {
             break
         }
         return .none
+    }
+
+    /// QueueNum and the ring addresses of the selected queue; a live queue's are frozen.
+    private mutating func writeQueueRegister(_ offset: UInt64, _ value: UInt32) {
+        typealias R = VirtioSpec.Register
+        guard Int(queueSel) < queues.count, !queues[Int(queueSel)].ready else { return }
+        let i = Int(queueSel)
+        func low(_ a: GuestAddress) -> GuestAddress { GuestAddress((a.raw & 0xffff_ffff_0000_0000) | UInt64(value)) }
+        func high(_ a: GuestAddress) -> GuestAddress { GuestAddress((a.raw & 0xffff_ffff) | (UInt64(value) << 32)) }
+        switch offset {
+        case R.queueNum:
+            // Sizes above the maximum never stick; the rest is checked at QueueReady.
+            if value <= UInt32(queues[i].maxSize) { queues[i].size = UInt16(value) }
+        case R.queueDescLow: queues[i].descTable = low(queues[i].descTable)
+        case R.queueDescHigh: queues[i].descTable = high(queues[i].descTable)
+        case R.queueDriverLow: queues[i].availRing = low(queues[i].availRing)
+        case R.queueDriverHigh: queues[i].availRing = high(queues[i].availRing)
+        case R.queueDeviceLow: queues[i].usedRing = low(queues[i].usedRing)
+        default: queues[i].usedRing = high(queues[i].usedRing)
+        }
     }
 
     private mutating func writeStatus(_ value: UInt32) -> TransportEffect {
