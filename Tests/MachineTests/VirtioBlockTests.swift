@@ -216,7 +216,7 @@ struct VirtioBlockTests {
         try rig.memory.store(UInt32(4), at: h)
         let st = d.allocate(1)
         d.submit(0, [(h, 16, false), (st, 1, true)])
-        usleep(100_000)
+        usleep(100_000)                      // a window in which a quiesced device must do nothing
         #expect(d.usedIdx(0) == 0)
         rig.device.unquiesce()
         #expect(d.waitUsed(0).count == 1)

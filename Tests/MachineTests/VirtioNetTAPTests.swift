@@ -102,7 +102,7 @@ struct VirtioNetTAPTests {
             let frame = udpFrame(to: mac, port: UInt16(5000 + port * 7))
             _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
         }
-        usleep(300_000)
+        usleep(300_000)                      // a window for frames to reach either queue
         #expect(source.counters.rxFrames < 80, "every flow still went to the source")
 
         // A NIC in use keeps its queue while quiesced (a paused source loses nothing queued).

@@ -63,11 +63,13 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     private var linkUp = true
     /// A frame (with header) read from the TAP that waits for receive buffers.
     private var pendingFrame: [UInt8]?
+    /// A frame waits for receive buffers the guest has not posted.
+    var waitsForBuffers: Bool { pendingFrame != nil }
     var injected: [[UInt8]] = []
     /// No receive buffers: the TAP is not polled until the guest posts some.
     private var rxStalled = false
     /// The TAP reported an error or hang-up (its interface was deleted): it is not read again.
-    private var tapFailed = false
+    private(set) var tapFailed = false
     private var rxBuffer = [UInt8](repeating: 0, count: VirtioNet.headerSize + VirtioNet.maxFrame)
     private var txBuffer = [UInt8](repeating: 0, count: VirtioNet.headerSize + VirtioNet.maxFrame)
     var traffic = Counters()
