@@ -3,7 +3,6 @@ import PackageDescription
 
 let package = Package(
     name: "swiftvmm",
-    platforms: [.macOS(.v13)],
     products: [
         .executable(name: "swiftvmm", targets: ["swiftvmm"]),
     ],
@@ -14,20 +13,22 @@ let package = Package(
     targets: [
         // C shim over linux/kvm.h: ioctl numbers and fixed-arity wrappers, no logic.
         .target(name: "CKVM"),
+        // C shim over the rest of Linux the devices and threads use: TAP, signals, atomics.
+        .target(name: "CLinux"),
         // Hot-path helpers for the migration stream (hardware CRC-32C).
         .target(name: "CFast"),
         // System libraries used by migration (LZ4 batches, FDT device state).
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CFDT", providers: [.apt(["libfdt-dev"])]),
         .target(name: "KVM", dependencies: ["CKVM"]),
-        .target(name: "Machine", dependencies: ["KVM", "CKVM"]),
+        .target(name: "Machine", dependencies: ["KVM", "CLinux"]),
         .target(name: "Migration", dependencies: [
-            "Machine", "KVM", "CLZ4", "CFDT", "CFast",
+            "Machine", "CLZ4", "CFDT", "CFast",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Control", dependencies: ["Machine", "Migration"]),
         .executableTarget(name: "swiftvmm", dependencies: [
-            "Machine", "Migration", "Control", "KVM",
+            "Machine", "Migration", "Control",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),

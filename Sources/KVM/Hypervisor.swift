@@ -48,9 +48,16 @@ public final class Hypervisor: @unchecked Sendable {
     deinit { close(fd) }
 
     /// The value of `KVM_CHECK_EXTENSION` for `capability` (0 when absent).
-    public func check(_ capability: Int32) -> Int {
-        let r = ckvm_ioctl_arg(fd, ckvm_req_CHECK_EXTENSION(), UInt(bitPattern: Int(capability)))
+    public func check(_ capability: Capability) -> Int { check(rawCapability: capability.number) }
+
+    func check(rawCapability: Int32) -> Int {
+        let r = ckvm_ioctl_arg(fd, ckvm_req_CHECK_EXTENSION(), UInt(bitPattern: Int(rawCapability)))
         return r < 0 ? 0 : Int(r)
+    }
+
+    /// Throws naming the first of `capabilities` this host's KVM lacks.
+    public func require(_ capabilities: [Capability]) throws(KVMError) {
+        for c in capabilities where check(c) == 0 { throw .missingCapability(c.description) }
     }
 
     /// Every CPUID leaf KVM can expose to a guest on this host.
@@ -81,12 +88,6 @@ public final class Hypervisor: @unchecked Sendable {
         } while r == -Int(EINTR)
         guard r >= 0 else { throw .ioctl("KVM_CREATE_VM", errno: Int32(-r)) }
         return VirtualMachine(fd: Int32(r), hypervisor: self)
-    }
-
-    /// The host TSC frequency in kHz as KVM sees it (0 when unknown).
-    public var hostTSCkHz: UInt32 {
-        let r = ckvm_ioctl_none(fd, ckvm_req_GET_TSC_KHZ())
-        return r > 0 ? UInt32(r) : 0
     }
 }
 

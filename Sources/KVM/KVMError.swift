@@ -14,6 +14,8 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
     case mmap(String, errno: Int32)
     /// A state blob has the wrong size for the structure it claims to be.
     case badStateSize(String, expected: Int, got: Int)
+    /// A state blob has the right size but a value KVM must not be given.
+    case badState(String, String)
 
     public var description: String {
         switch self {
@@ -29,6 +31,7 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
         case .mmap(let what, let e): return "mmap of \(what) failed: \(errnoString(e))"
         case .badStateSize(let what, let expected, let got):
             return "\(what) state is \(got) bytes, expected \(expected)"
+        case .badState(let what, let why): return "\(what) state: \(why)"
         }
     }
 }

@@ -1,65 +1,6 @@
 import CKVM
 import Glibc
 
-/// Why `KVM_RUN` returned. Buffers point into the vCPU's `kvm_run` area and are valid only until
-/// the next `run()`; an `ioIn`/`mmioRead` handler fills its buffer before that.
-public enum VCPUExit {
-    /// `out` of `count` items of `size` bytes each (`data.count == size * count`).
-    case ioOut(port: UInt16, size: Int, data: UnsafeRawBufferPointer)
-    /// `in` of `count` items of `size` bytes each; fill `data`.
-    case ioIn(port: UInt16, size: Int, data: UnsafeMutableRawBufferPointer)
-    case mmioRead(address: UInt64, data: UnsafeMutableRawBufferPointer)
-    case mmioWrite(address: UInt64, data: UnsafeRawBufferPointer)
-    case hlt
-    /// Triple fault or similar: the CPU shut down.
-    case shutdown
-    /// `KVM_EXIT_SYSTEM_EVENT` (1 shutdown, 2 reset, 3 crash).
-    case systemEvent(type: UInt32)
-    /// KVM could not emulate or run something; `data` are the kernel's diagnostic words.
-    case internalError(suberror: UInt32, data: [UInt64])
-    case failEntry(reason: UInt64, cpu: UInt32)
-    /// `KVM_RUN` returned EINTR/EAGAIN: a signal or `immediate_exit` asked the vCPU to come out.
-    case interrupted
-    case debug
-    case unknown(UInt32)
-}
-
-/// One register/state snapshot of a vCPU, as raw KVM structures (`kvm_regs`, `kvm_sregs`, …).
-public struct VCPUState: Sendable, Equatable {
-    public var regs: [UInt8]
-    public var sregs: [UInt8]
-    public var fpu: [UInt8]
-    public var xsave: [UInt8]
-    public var xcrs: [UInt8]
-    public var lapic: [UInt8]
-    public var events: [UInt8]
-    public var debugregs: [UInt8]
-    public var mpState: UInt32
-    public var msrs: [MSREntry]
-
-    public init(regs: [UInt8], sregs: [UInt8], fpu: [UInt8], xsave: [UInt8], xcrs: [UInt8],
-                lapic: [UInt8], events: [UInt8], debugregs: [UInt8], mpState: UInt32, msrs: [MSREntry]) {
-        self.regs = regs; self.sregs = sregs; self.fpu = fpu; self.xsave = xsave; self.xcrs = xcrs
-        self.lapic = lapic; self.events = events; self.debugregs = debugregs
-        self.mpState = mpState; self.msrs = msrs
-    }
-
-    /// Expected size of each raw field, for validating state that came from elsewhere.
-    public static let sizes: [String: Int] = [
-        "regs": MemoryLayout<kvm_regs>.size, "sregs": MemoryLayout<kvm_sregs>.size,
-        "fpu": MemoryLayout<kvm_fpu>.size, "xsave": MemoryLayout<kvm_xsave>.size,
-        "xcrs": MemoryLayout<kvm_xcrs>.size, "lapic": MemoryLayout<kvm_lapic_state>.size,
-        "events": MemoryLayout<kvm_vcpu_events>.size, "debugregs": MemoryLayout<kvm_debugregs>.size,
-    ]
-}
-
-/// One model-specific register value.
-public struct MSREntry: Sendable, Equatable {
-    public var index: UInt32
-    public var value: UInt64
-    public init(index: UInt32, value: UInt64) { self.index = index; self.value = value }
-}
-
 /// A virtual CPU: the run primitive and every get/set of its state.
 public final class VCPU: @unchecked Sendable {
     public let fd: Int32
@@ -89,50 +30,6 @@ public final class VCPU: @unchecked Sendable {
         ckvm_set_immediate_exit(runArea, on ? 1 : 0)
     }
 
-    /// Enters the guest until the next exit to user space.
-    public func run() throws(KVMError) -> VCPUExit {
-        let r = ckvm_ioctl_arg(fd, ckvm_req_RUN(), 0)
-        if r < 0 {
-            let e = Int32(-r)
-            if e == EINTR || e == EAGAIN { return .interrupted }
-            throw .ioctl("KVM_RUN", errno: e)
-        }
-        let base = UnsafeMutableRawPointer(runArea)
-        switch Int32(runArea.pointee.exit_reason) {
-        case KVM_EXIT_IO:
-            let io = runArea.pointee.io
-            let size = Int(io.size)
-            let length = size * Int(io.count)
-            let data = UnsafeMutableRawBufferPointer(start: base + Int(io.data_offset), count: length)
-            if io.direction == UInt8(KVM_EXIT_IO_OUT) {
-                return .ioOut(port: io.port, size: size, data: UnsafeRawBufferPointer(data))
-            }
-            return .ioIn(port: io.port, size: size, data: data)
-        case KVM_EXIT_MMIO:
-            let length = min(Int(runArea.pointee.mmio.len), 8)
-            let offset = Int(ckvm_run_mmio_data_offset())
-            let data = UnsafeMutableRawBufferPointer(start: base + offset, count: length)
-            if runArea.pointee.mmio.is_write != 0 {
-                return .mmioWrite(address: runArea.pointee.mmio.phys_addr, data: UnsafeRawBufferPointer(data))
-            }
-            return .mmioRead(address: runArea.pointee.mmio.phys_addr, data: data)
-        case KVM_EXIT_HLT: return .hlt
-        case KVM_EXIT_SHUTDOWN: return .shutdown
-        case KVM_EXIT_SYSTEM_EVENT: return .systemEvent(type: runArea.pointee.system_event.type)
-        case KVM_EXIT_INTERNAL_ERROR:
-            let ie = runArea.pointee.internal
-            let n = min(Int(ie.ndata), 16)
-            let words = withUnsafeBytes(of: ie.data) { Array($0.bindMemory(to: UInt64.self).prefix(n)) }
-            return .internalError(suberror: ie.suberror, data: words)
-        case KVM_EXIT_FAIL_ENTRY:
-            return .failEntry(reason: runArea.pointee.fail_entry.hardware_entry_failure_reason,
-                              cpu: runArea.pointee.fail_entry.cpu)
-        case KVM_EXIT_INTR: return .interrupted
-        case KVM_EXIT_DEBUG: return .debug
-        default: return .unknown(runArea.pointee.exit_reason)
-        }
-    }
-
     @discardableResult
     private func call(_ name: String, _ request: UInt, _ ptr: UnsafeMutableRawPointer?) throws(KVMError) -> Int {
         let r = ckvm_ioctl_ptr(fd, request, ptr)
@@ -146,29 +43,33 @@ public final class VCPU: @unchecked Sendable {
 
     // MARK: typed state
 
-    public func registers() throws(KVMError) -> kvm_regs {
-        var r = kvm_regs(); try get(&r, "KVM_GET_REGS", ckvm_req_GET_REGS()); return r
+    public func registers() throws(KVMError) -> Registers {
+        var r = kvm_regs(); try get(&r, "KVM_GET_REGS", ckvm_req_GET_REGS()); return Registers(r)
     }
-    public func setRegisters(_ value: kvm_regs) throws(KVMError) {
-        var r = value; try get(&r, "KVM_SET_REGS", ckvm_req_SET_REGS())
+    public func setRegisters(_ value: Registers) throws(KVMError) {
+        var r = value.raw; try get(&r, "KVM_SET_REGS", ckvm_req_SET_REGS())
     }
-    public func specialRegisters() throws(KVMError) -> kvm_sregs {
-        var r = kvm_sregs(); try get(&r, "KVM_GET_SREGS", ckvm_req_GET_SREGS()); return r
+    public func specialRegisters() throws(KVMError) -> SpecialRegisters {
+        var r = kvm_sregs(); try get(&r, "KVM_GET_SREGS", ckvm_req_GET_SREGS()); return SpecialRegisters(r)
     }
-    public func setSpecialRegisters(_ value: kvm_sregs) throws(KVMError) {
-        var r = value; try get(&r, "KVM_SET_SREGS", ckvm_req_SET_SREGS())
+    public func setSpecialRegisters(_ value: SpecialRegisters) throws(KVMError) {
+        var r = value.raw; try get(&r, "KVM_SET_SREGS", ckvm_req_SET_SREGS())
     }
-    public func fpu() throws(KVMError) -> kvm_fpu {
-        var r = kvm_fpu(); try get(&r, "KVM_GET_FPU", ckvm_req_GET_FPU()); return r
+    /// Resets the FPU/SSE state to all zero but the two control words.
+    public func resetFPU(_ control: FPUControl) throws(KVMError) {
+        var f = kvm_fpu()
+        f.fcw = control.fcw
+        f.mxcsr = control.mxcsr
+        try get(&f, "KVM_SET_FPU", ckvm_req_SET_FPU())
     }
-    public func setFPU(_ value: kvm_fpu) throws(KVMError) {
-        var r = value; try get(&r, "KVM_SET_FPU", ckvm_req_SET_FPU())
+    public func lapic() throws(KVMError) -> LAPICState {
+        var r = kvm_lapic_state(); try get(&r, "KVM_GET_LAPIC", ckvm_req_GET_LAPIC())
+        return LAPICState(bytes: RawState.bytes(of: r))
     }
-    public func lapic() throws(KVMError) -> kvm_lapic_state {
-        var r = kvm_lapic_state(); try get(&r, "KVM_GET_LAPIC", ckvm_req_GET_LAPIC()); return r
-    }
-    public func setLAPIC(_ value: kvm_lapic_state) throws(KVMError) {
-        var r = value; try get(&r, "KVM_SET_LAPIC", ckvm_req_SET_LAPIC())
+    public func setLAPIC(_ value: LAPICState) throws(KVMError) {
+        var r = kvm_lapic_state()
+        try RawState.load(value.bytes, into: &r, name: "lapic")
+        try get(&r, "KVM_SET_LAPIC", ckvm_req_SET_LAPIC())
     }
 
     /// Gives the vCPU its CPUID table.
@@ -192,10 +93,6 @@ public final class VCPU: @unchecked Sendable {
         return r > 0 ? UInt32(r) : 0
     }
 
-    public func setTSCKHz(_ khz: UInt32) throws(KVMError) {
-        let r = ckvm_ioctl_arg(fd, ckvm_req_SET_TSC_KHZ(), UInt(khz))
-        guard r >= 0 else { throw .ioctl("KVM_SET_TSC_KHZ", errno: Int32(-r)) }
-    }
 
     // MARK: MSRs
 

@@ -28,9 +28,27 @@ public final class VirtualMachine: @unchecked Sendable {
     }
 
     /// The value of `KVM_CHECK_EXTENSION` on this VM (0 when absent).
-    public func check(_ capability: Int32) -> Int {
-        let r = ckvm_ioctl_arg(fd, ckvm_req_CHECK_EXTENSION(), UInt(bitPattern: Int(capability)))
+    public func check(_ capability: Capability) -> Int { check(rawCapability: capability.number) }
+
+    func check(rawCapability: Int32) -> Int {
+        let r = ckvm_ioctl_arg(fd, ckvm_req_CHECK_EXTENSION(), UInt(bitPattern: Int(rawCapability)))
         return r < 0 ? 0 : Int(r)
+    }
+
+    /// True once `enableManualDirtyLogProtect()` succeeded: dirty pages stay write-enabled
+    /// until `clearDirtyLog` re-protects them.
+    public private(set) var manualDirtyLogProtect = false
+
+    /// Turns on manual dirty-log protect (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`) when KVM offers
+    /// it, so that reading the log does not re-protect every page at once. Returns whether it is on.
+    @discardableResult
+    public func enableManualDirtyLogProtect() -> Bool {
+        guard check(.manualDirtyLogProtect) & 1 != 0 else { return false }
+        do {
+            try enableCapability(UInt32(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2), args: [UInt64(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)])
+            manualDirtyLogProtect = true
+        } catch { manualDirtyLogProtect = false }
+        return manualDirtyLogProtect
     }
 
     /// Maps `size` bytes of host memory at `host` to guest-physical `guestAddress` in `slot`.
@@ -91,16 +109,6 @@ public final class VirtualMachine: @unchecked Sendable {
         }
     }
 
-    public func unregisterIRQFD(eventFD: Int32, gsi: UInt32) throws(KVMError) {
-        var irqfd = kvm_irqfd()
-        irqfd.fd = UInt32(eventFD)
-        irqfd.gsi = gsi
-        irqfd.flags = UInt32(KVM_IRQFD_FLAG_DEASSIGN)
-        try withUnsafeMutableBytes(of: &irqfd) { p throws(KVMError) in
-            _ = try call("KVM_IRQFD", ckvm_req_IRQFD(), p.baseAddress)
-        }
-    }
-
     /// Makes a guest write of `length` bytes at `address` (MMIO, or port when `pio`) signal
     /// `eventFD` instead of exiting to user space; `datamatch` restricts it to one value.
     public func registerIOEventFD(eventFD: Int32, address: UInt64, length: UInt32,
@@ -124,7 +132,7 @@ public final class VirtualMachine: @unchecked Sendable {
     }
 
     /// Enables a VM capability with up to four arguments.
-    public func enableCapability(_ cap: UInt32, args: [UInt64] = []) throws(KVMError) {
+    func enableCapability(_ cap: UInt32, args: [UInt64] = []) throws(KVMError) {
         var c = kvm_enable_cap()
         c.cap = cap
         withUnsafeMutableBytes(of: &c.args) { p in
@@ -162,22 +170,37 @@ public final class VirtualMachine: @unchecked Sendable {
 
     // MARK: VM-wide state
 
-    /// `KVM_GET_IRQCHIP` for chip 0 (PIC master), 1 (PIC slave) or 2 (IOAPIC), as raw bytes.
-    public func irqChip(_ chip: UInt32) throws(KVMError) -> [UInt8] {
+    /// Size of one `KVM_GET_IRQCHIP` blob (`struct kvm_irqchip`).
+    public static let irqChipStateSize = MemoryLayout<kvm_irqchip>.size
+    /// Size of the PIT state blob (`struct kvm_pit_state2`).
+    public static let pitStateSize = MemoryLayout<kvm_pit_state2>.size
+
+    /// `KVM_GET_IRQCHIP` for one chip, as raw bytes (the chip id is inside).
+    public func irqChip(_ chip: IRQChipID) throws(KVMError) -> [UInt8] {
         var c = kvm_irqchip()
-        c.chip_id = chip
+        c.chip_id = chip.rawValue
         try withUnsafeMutableBytes(of: &c) { p throws(KVMError) in
             _ = try call("KVM_GET_IRQCHIP", ckvm_req_GET_IRQCHIP(), p.baseAddress)
         }
         return withUnsafeBytes(of: &c) { Array($0) }
     }
 
-    public func setIRQChip(_ bytes: [UInt8]) throws(KVMError) {
+    /// Loads a blob read by `irqChip` into the chip it names; returns that chip.
+    @discardableResult
+    public func setIRQChip(_ bytes: [UInt8]) throws(KVMError) -> IRQChipID {
         var c = kvm_irqchip()
         try RawState.load(bytes, into: &c, name: "irqchip")
+        guard let id = IRQChipID(rawValue: c.chip_id) else { throw .badState("irqchip", "unknown chip id \(c.chip_id)") }
         try withUnsafeMutableBytes(of: &c) { p throws(KVMError) in
             _ = try call("KVM_SET_IRQCHIP", ckvm_req_SET_IRQCHIP(), p.baseAddress)
         }
+        return id
+    }
+
+    /// The chip a blob read by `irqChip` belongs to, or nil when the blob is malformed.
+    public static func irqChipID(of bytes: [UInt8]) -> IRQChipID? {
+        guard bytes.count == irqChipStateSize else { return nil }
+        return IRQChipID(rawValue: bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
     }
 
     public func pit() throws(KVMError) -> [UInt8] {

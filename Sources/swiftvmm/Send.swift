@@ -49,7 +49,39 @@ struct Send: ParsableCommand {
     var holdBeforeCommitMs: Int?
 
     func run() throws {
-        _ = try Endpoint.parseForCLI(to)
+        let args = try arguments()
+        let path = apiSocketPath(for: vm)
+        let client: ControlClient
+        let poller: ControlClient
+        do {
+            client = try ControlClient(path: path)
+            poller = try ControlClient(path: path)
+        } catch { throw fail("\(error)") }
+
+        // Ctrl-C cancels; the guest keeps running on the source.
+        let sig = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        signal(SIGINT, SIG_IGN)
+        sig.setEventHandler {
+            if let c = try? ControlClient(path: path) { _ = try? c.execute("migrate-cancel") }
+        }
+        sig.resume()
+        defer { sig.cancel() }
+
+        switch follow(migrate: client, args, poller: poller) {
+        case .success(let r):
+            if let file = report {
+                let data = (try? JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys])) ?? Data()
+                guard FileManager.default.createFile(atPath: file, contents: data) else { throw fail("cannot write --report \(file)") }
+            }
+            print(Progress.summary(r))
+        case .failure(let e):
+            throw fail("migration failed: \(e)")
+        }
+    }
+
+    /// The options as the API's `migrate` arguments, checked.
+    func arguments() throws -> [String: Any] {
+        do { _ = try Endpoint.parse(to) } catch { throw fail("--to \(error)") }
         guard ["lz4", "none"].contains(compress) else { throw fail("--compress must be lz4 or none") }
         guard ["on", "off"].contains(autoConverge) else { throw fail("--auto-converge must be on or off") }
         guard downtimeMs > 0 else { throw fail("--downtime-ms must be positive") }
@@ -68,23 +100,12 @@ struct Send: ParsableCommand {
         }
         if let v = streamVersion { args["stream-version"] = v }
         if let v = holdBeforeCommitMs { args["hold-before-commit-ms"] = v }
-        let path = apiSocketPath(for: vm)
-        let client: ControlClient
-        let poller: ControlClient
-        do {
-            client = try ControlClient(path: path)
-            poller = try ControlClient(path: path)
-        } catch { throw fail("\(error)") }
+        return args
+    }
 
-        // Ctrl-C cancels; the guest keeps running on the source.
-        let sig = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        signal(SIGINT, SIG_IGN)
-        sig.setEventHandler {
-            if let c = try? ControlClient(path: path) { _ = try? c.execute("migrate-cancel") }
-        }
-        sig.resume()
-        defer { sig.cancel() }
-
+    /// Runs `migrate` on `client` in the background and, on a terminal, redraws a progress line
+    /// from `poller` until it ends.
+    func follow(migrate client: ControlClient, _ args: [String: Any], poller: ControlClient) -> Result<[String: Any], Error> {
         let done = NSCondition()
         nonisolated(unsafe) var result: Result<[String: Any], Error>?
         let request = Unchecked(args)
@@ -110,107 +131,10 @@ struct Send: ParsableCommand {
             }
             done.lock()
         }
-        let final = result
+        let final = result ?? .failure(ControlError("the migration ended without a result"))
         done.unlock()
         if tty && !lastLine.isEmpty { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) }
-        switch final {
-        case .success(let r):
-            if let file = report {
-                let data = (try? JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys])) ?? Data()
-                guard FileManager.default.createFile(atPath: file, contents: data) else { throw fail("cannot write --report \(file)") }
-            }
-            print(Progress.summary(r))
-        case .failure(let e):
-            throw fail("migration failed: \(e)")
-        case nil:
-            throw fail("migration ended without a result")
-        }
-    }
-}
-
-extension Endpoint {
-    static func parseForCLI(_ s: String) throws -> Endpoint {
-        do { return try Endpoint.parse(s) } catch { throw fail("--to \(error)") }
-    }
-}
-
-/// Human output for migration progress and results.
-enum Progress {
-    static func num(_ v: Any?) -> Double {
-        if let d = v as? Double { return d }
-        if let i = v as? Int { return Double(i) }
-        if let n = v as? NSNumber { return n.doubleValue }
-        return 0
-    }
-
-    /// `pre-copy  42% [########        ] 1530 MB/s  12000 dirty pages/s  round 3  downtime ~4.1 ms`
-    static func line(_ p: [String: Any]) -> String {
-        let phase = p["phase"] as? String ?? "?"
-        let pct = num(p["percent"])
-        let width = 20
-        let filled = min(width, Int(pct / 100 * Double(width)))
-        let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
-        var s = String(format: "%-13@ %3.0f%% [%@] %7.1f MB/s  %8.0f dirty pages/s  round %d  downtime ~%.1f ms",
-                       phase as NSString, pct, bar as NSString, num(p["rate_MBps"]), num(p["dirty_pages_per_s"]),
-                       Int(num(p["round"])), num(p["predicted_downtime_ms"]))
-        let t = Int(num(p["throttle_percent"]))
-        if t > 0 { s += "  throttle \(t)%" }
-        return s
-    }
-
-    static func summary(_ r: [String: Any]) -> String {
-        let rounds = (r["rounds"] as? [Any])?.count ?? 0
-        let mb = num(r["bytes_on_wire"]) / 1e6
-        var s = String(format: "migrated: total %.1f ms, downtime %.2f ms, setup %.1f ms, %d rounds, %.1f MB on the wire (compression %.1fx), %d pages sent, %d zero pages",
-                       num(r["total_ms"]), num(r["downtime_ms"]), num(r["setup_ms"]), rounds, mb, num(r["compression_ratio"]),
-                       Int(num(r["pages_sent"])), Int(num(r["zero_pages"])))
-        let t = Int(num(r["max_throttle_percent"]))
-        if t > 0 { s += ", throttled up to \(t)%" }
-        return s
-    }
-}
-
-struct StatusCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "status", abstract: "Show a VM's state and the progress of its migration (source or target).")
-
-    @Argument(help: "The VM: its API socket path, or its --name.")
-    var vm: String
-
-    @Flag(help: "Print the raw JSON.")
-    var json = false
-
-    func run() throws {
-        let s: [String: Any]
-        do { s = try ControlClient(path: apiSocketPath(for: vm)).execute("query-status") } catch { throw fail("\(error)") }
-        if json {
-            let d = (try? JSONSerialization.data(withJSONObject: s, options: [.sortedKeys, .prettyPrinted])) ?? Data()
-            print(String(decoding: d, as: UTF8.self))
-            return
-        }
-        print("name:    \(s["name"] as? String ?? "?")")
-        print("status:  \(s["status"] as? String ?? "?")")
-        if let m = s["memory_bytes"] { print("memory:  \(ByteSize.format(UInt64(Progress.num(m))))") }
-        if let c = s["cpus"] { print("vcpus:   \(Int(Progress.num(c)))") }
-        if let m = s["migration"] as? [String: Any] {
-            print("migration (\(s["role"] as? String ?? "?")): \(Progress.line(m))")
-            print(String(format: "  peer %@, %.1f MB on the wire, elapsed %.1f s", (m["peer"] as? String ?? "") as NSString,
-                         Progress.num(m["bytes_on_wire"]) / 1e6, Progress.num(m["elapsed_s"])))
-            if let e = m["error"] as? String { print("  error: \(e)") }
-        }
-    }
-}
-
-struct Cancel: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Cancel a VM's migration before it commits (on the source or on the target).")
-
-    @Argument(help: "The VM: its API socket path, or its --name (a recv's --api-socket works too).")
-    var vm: String
-
-    func run() throws {
-        do { _ = try ControlClient(path: apiSocketPath(for: vm)).execute("migrate-cancel") } catch { throw fail("\(error)") }
-        print("cancel requested")
+        return final
     }
 }
 

@@ -7,6 +7,8 @@ import Testing
 @Suite("migration failures keep the guest on the source", .serialized)
 struct MigrationFailureTests {
     static let memtouch = "size=32M heartbeat-ms=200 passes=60000"
+    /// A guest that outlives a migration attempt of several seconds by as many again.
+    static let memtouchLong = "size=32M heartbeat-ms=200 passes=200000"
     /// A link too slow for memtouch's dirty rate: pre-copy never converges by itself.
     static let slow = ["--max-bandwidth", "256K", "--auto-converge", "off"]
 
@@ -129,48 +131,10 @@ struct MigrationFailureTests {
         _ = sender.wait(timeout: 30)
     }
 
-    @Test("bytes flipped in the stream: the target rejects it with a checksum error, the source resumes")
-    func corruptedStreamIsRejected() throws {
-        let rig = try MigrationRig()
-        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
-        #expect(src.waitFor("HEARTBEAT", timeout: 30))
-        let listen = rig.path("real.sock")
-        let (dst, _) = try rig.target(listen: "unix:" + listen)
-        // A proxy that flips one byte of the source's stream after 100 kB.
-        let front = rig.path("proxy.sock")
-        let proxy = try Child("/usr/bin/python3", ["-c", """
-            import socket, threading
-            s = socket.socket(socket.AF_UNIX); s.bind('\(front)'); s.listen(1)
-            a, _ = s.accept(); b = socket.socket(socket.AF_UNIX); b.connect('\(listen)')
-            def back():
-                while True:
-                    d = b.recv(65536)
-                    if not d: break
-                    a.sendall(d)
-            threading.Thread(target=back, daemon=True).start()
-            n = 0; flipped = False
-            while True:
-                d = a.recv(65536)
-                if not d: break
-                if not flipped and n + len(d) > 100000:
-                    i = max(0, 100000 - n); d = bytearray(d); d[i] ^= 0x40; d = bytes(d); flipped = True
-                n += len(d); b.sendall(d)
-            """], name: "proxy")
-        try rig.waitForSocket(front, child: proxy)
-        let s = try rig.send(api, to: "unix:" + front)
-        #expect(s.status != 0, "\(s.stdout)")
-        #expect(dst.wait(timeout: 30).map { $0 != 0 } == true)
-        #expect(dst.stderr.contains("checksum"), "\(dst.stderr)")
-        #expect(!dst.stdout.contains("HEARTBEAT"))
-        #expect(heartbeatsAfter(src), "\(src.transcript)")
-        #expect(src.waitFor("PASS", timeout: 120))
-        #expect(!src.stdout.contains("FAIL"))
-    }
-
     @Test("non-convergence: a tiny --max-bandwidth without auto-converge hits --max-time; the guest stays on the source")
     func nonConvergenceHitsMaxTime() throws {
         let rig = try MigrationRig()
-        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouchLong)
         #expect(src.waitFor("HEARTBEAT", timeout: 30))
         let listen = "unix:" + rig.path("m.sock")
         let (dst, _) = try rig.target(listen: listen)
@@ -203,6 +167,8 @@ struct MigrationFailureTests {
 }
 
 /// Pre-checks refuse, before any memory moves, with one line on both sides naming what differs.
+/// Every refusal is covered in-process (MigrationTests); these check the one-line output of
+/// the binaries.
 @Suite("migration refusals", .serialized)
 struct MigrationRefusalTests {
     func refused(send sendExtra: [String] = [], recv recvExtra: [String] = [], mentions: String,
@@ -231,16 +197,6 @@ struct MigrationRefusalTests {
     @Test("stream version mismatch") func versionMismatch() throws {
         try refused(send: ["--stream-version", "99"], mentions: "stream version 99")
     }
-    @Test("memory size differs") func memorySize() throws {
-        try refused(recv: ["--memory", "512M"], mentions: "memory size differs")
-    }
-    @Test("vCPU count differs") func cpuCount() throws {
-        try refused(recv: ["--cpus", "2"], mentions: "vCPU count differs")
-    }
-    @Test("the target CPU lacks a feature the guest saw") func cpuidMissing() throws {
-        // Leaf 1 EDX bit 0 (FPU) is in every guest's CPUID; this target pretends not to have it.
-        try refused(recv: ["--cpu-feature-deny", "0x1.0.edx:0"], mentions: "0x1.0.edx bit 0")
-    }
     @Test("wrong key") func wrongKey() throws {
         let dir = try Paths.tempDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -248,13 +204,6 @@ struct MigrationRefusalTests {
         try "0123456789abcdef0123456789abcdef".write(toFile: a, atomically: true, encoding: .utf8)
         try "fedcba9876543210fedcba9876543210".write(toFile: b, atomically: true, encoding: .utf8)
         try refused(send: ["--key-file", a], recv: ["--key-file", b], mentions: "key")
-    }
-    @Test("source without a key, target with one") func missingKey() throws {
-        let dir = try Paths.tempDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let b = dir.appendingPathComponent("b.key").path
-        try "fedcba9876543210fedcba9876543210".write(toFile: b, atomically: true, encoding: .utf8)
-        try refused(recv: ["--key-file", b], mentions: "key")
     }
 }
 

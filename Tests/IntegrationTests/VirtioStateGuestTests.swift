@@ -28,9 +28,10 @@ final class InProcessGuest {
     let serial = CaptureSink()
 
     init(kernel: String, memory: UInt64 = 64 << 20, name: String = "inproc",
-         devices: (VM) throws -> [String], cmdline: String) throws {
+         devices: (DeviceManager) throws -> Void, cmdline: String) throws {
         vm = try VM(config: VMConfig(name: name, memorySize: memory, cpus: 1, serial: serial))
-        let tokens = try devices(vm)
+        try devices(vm.devices)
+        let tokens = vm.devices.commandLineTokens
         let plan = try KernelLoader.plan(BootConfig(kernel: fileBytes(kernel), initrd: nil,
                                                     cmdline: ([cmdline] + tokens).joined(separator: " "),
                                                     memoryMap: vm.memory.map, cpus: 1))
@@ -42,7 +43,7 @@ final class InProcessGuest {
     func tearDown() {
         vm.stop(.signal(SIGTERM))
         _ = vm.waitForStop()
-        vm.shutdownVirtioDevices()
+        vm.devices.shutdown()
     }
 
     /// Pauses the vCPUs, quiesces the devices, saves each virtio device's state, resets the
@@ -51,21 +52,21 @@ final class InProcessGuest {
     @discardableResult
     func saveResetRestore(whilePaused: () -> Void = {}, sourceLocation: SourceLocation = #_sourceLocation) throws -> [StateNode] {
         #expect(vm.pause(), sourceLocation: sourceLocation)
-        vm.quiesceDevices()
+        vm.devices.quiesce()
         whilePaused()
         var states: [StateNode] = []
-        for d in vm.virtioDevices() {
-            let saved = d.saveState()
+        for d in vm.devices.virtio {
+            let saved = try d.saveNode()
             for q in d.transportState.queues where q.ready {
                 #expect(q.nextAvail == q.nextUsed, "\(d.stateName): requests in flight after quiesce", sourceLocation: sourceLocation)
             }
             withUnsafeBytes(of: UInt32(0)) { d.write(offset: VirtioSpec.Register.status, data: $0) }
             #expect(d.status == 0, sourceLocation: sourceLocation)
-            try d.restoreState(saved)
-            #expect(d.saveState() == saved, "\(d.stateName) differs after restore", sourceLocation: sourceLocation)
+            try d.restoreNode(saved)
+            #expect(try d.saveNode() == saved, "\(d.stateName) differs after restore", sourceLocation: sourceLocation)
             states.append(saved)
         }
-        vm.unquiesceDevices()
+        vm.devices.unquiesce()
         vm.resume()
         return states
     }
@@ -80,10 +81,10 @@ struct VirtioStateGuestTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let image = try makeImage(dir, "state.img", bytes: 1 << 20)
         let guest = try InProcessGuest(kernel: Paths.guest("blktest.elf"), devices: { vm in
-            [try vm.addVirtioBlock(path: image, volume: "state", readonly: false)]
+            try vm.addDisk(DiskConfig(path: image, volume: "state"))
         }, cmdline: "loop count=3000 blocks=64 flush-every=1000")
         defer { guest.tearDown() }
-        #expect(guest.vm.virtioBlockVolumes == ["state"])
+        #expect(guest.vm.devices.volumes == ["state"])
         var seen = 0
         for _ in 0..<3 {
             #expect(guest.serial.waitFor("SEQ \(seen + 300)\n"), "\(guest.serial.output.suffix(300))")
@@ -95,7 +96,7 @@ struct VirtioStateGuestTests {
         let problems = BlockFormat.verifyLoop(fileBytes(image), blocks: 64, bs: 4096, last: 3000)
         #expect(problems.isEmpty, "\(problems.prefix(5))")
         // Notifications came through the ioeventfd, interrupts went out through the irqfd.
-        let disk = guest.vm.virtioDevices()
+        let disk = guest.vm.devices.virtio
         #expect(disk.count == 1 && disk.allSatisfy { $0.usesIRQFD })
         #expect(disk.first?.statistics.notifyExits == 0)
         #expect((disk.first?.statistics.completed ?? 0) >= 3000)
@@ -107,7 +108,7 @@ struct VirtioStateGuestTests {
         defer { net.delete() }
         let guest = try InProcessGuest(kernel: Paths.guest("netecho.elf"), name: "netstate", devices: { vm in
             // Created on this thread while it is inside the namespace: the TAP lives there.
-            [try net.inside { try vm.addVirtioNet(tap: net.tap, mac: nil) }]
+            _ = try net.inside { try vm.addNIC(NICConfig(tap: net.tap), vmName: "netstate") }
         }, cmdline: "ip=\(TestNetwork.guestIP) count=30 quiet")
         defer { guest.tearDown() }
         try net.configure(net.tap)
@@ -131,7 +132,7 @@ struct VirtioStateGuestTests {
         #expect(answered == 30)
         #expect(guest.vm.waitForStop() == .guest(.debugExit(value: 0)), "\(guest.serial.output.suffix(300))")
         #expect(guest.serial.output.contains("PASS echoed=30"))
-        let nic = guest.vm.virtioNetDevices()
+        let nic = guest.vm.devices.nics
         #expect(nic.count == 1 && nic.first?.macAddress == VirtioNet.generatedMAC(vmName: "netstate", index: 0))
     }
 }

@@ -23,8 +23,9 @@ struct KVMTests {
         let kvm = try Hypervisor()
         #expect(ckvm_ioctl_none(kvm.fd, ckvm_req_GET_API_VERSION()) == 12)
         #expect(kvm.vcpuMmapSize >= 4096)
-        #expect(kvm.check(KVM_CAP_USER_MEMORY) > 0)
-        #expect(kvm.check(KVM_CAP_IRQCHIP) > 0)
+        #expect(kvm.check(.userMemory) > 0)
+        #expect(kvm.check(.irqchip) > 0)
+        #expect(throws: Never.self) { try kvm.require([.userMemory, .irqchip, .pit2, .ioeventfd, .irqfd]) }
         let cpuid = try kvm.supportedCPUID()
         #expect(cpuid.contains { $0.function == 0 } && cpuid.contains { $0.function == 1 })
         #expect(cpuid.contains { $0.function == 0x4000_0000 })    // KVM signature leaf
@@ -36,8 +37,8 @@ struct KVMTests {
     @Test("KVM_CHECK_EXTENSION of a capability that cannot exist is 0, not a trap")
     func checkNegative() throws {
         let kvm = try Hypervisor()
-        #expect(kvm.check(-1) == 0)
-        #expect(try kvm.createVM().check(-1) == 0)
+        #expect(kvm.check(rawCapability: -1) == 0)
+        #expect(try kvm.createVM().check(rawCapability: -1) == 0)
     }
 
     @Test("opening a device that does not exist is .open with ENOENT; a non-KVM device fails the version ioctl")
@@ -74,9 +75,10 @@ struct KVMTests {
         try vm.setIRQLine(4, level: true)
         try vm.setIRQLine(4, level: false)
 
-        let ioapic = try vm.irqChip(2)
-        try vm.setIRQChip(ioapic)
-        #expect(try vm.irqChip(2) == ioapic)
+        let ioapic = try vm.irqChip(.ioapic)
+        #expect(try vm.setIRQChip(ioapic) == .ioapic)
+        #expect(try vm.irqChip(.ioapic) == ioapic)
+        #expect(VirtualMachine.irqChipID(of: try vm.irqChip(.picSlave)) == .picSlave)
         #expect(throws: KVMError.badStateSize("irqchip", expected: ioapic.count, got: 10)) { try vm.setIRQChip([UInt8](repeating: 0, count: 10)) }
         let pit = try vm.pit()
         try vm.setPIT(pit)
@@ -113,9 +115,8 @@ struct KVMTests {
         sregs.ds.base = 0
         sregs.ds.selector = 0
         try vcpu.setSpecialRegisters(sregs)
-        var regs = kvm_regs()
+        var regs = Registers()
         regs.rip = 0x1000
-        regs.rflags = 0x2
         try vcpu.setRegisters(regs)
         return (vm, vcpu, memory)
     }

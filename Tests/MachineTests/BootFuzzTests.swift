@@ -102,7 +102,7 @@ struct BootFuzzTests {
 
 @Suite("Real guest images")
 struct BootRealImageTests {
-    /// GuestImages/out/*.elf, if another build has produced them; none is required.
+    /// GuestImages/out/*.elf (`make -C GuestImages`, which the test command runs first).
     static var images: [URL] {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let out = root.appendingPathComponent("GuestImages/out")
@@ -110,9 +110,13 @@ struct BootRealImageTests {
         return files.filter { $0.pathExtension == "elf" }.sorted { $0.path < $1.path }
     }
 
-    @Test("GuestImages/out/*.elf plan as PVH kernels when present")
+    @Test("every GuestImages/out/*.elf plans as a PVH kernel whose entry lies in the kernel")
     func guestImages() throws {
         let map = try bootMap(256 * MiB)
+        let names = Set(Self.images.map(\.lastPathComponent))
+        for required in ["hello.elf", "memtouch.elf", "smp.elf", "blktest.elf", "netecho.elf"] {
+            #expect(names.contains(required), "GuestImages/out/\(required) is missing: run make -C GuestImages")
+        }
         for url in Self.images {
             let kernel = try [UInt8](Data(contentsOf: url))
             let plan = try KernelLoader.plan(BootConfig(kernel: kernel, initrd: [1, 2, 3], cmdline: "x", memoryMap: map, cpus: 2))

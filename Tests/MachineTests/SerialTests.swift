@@ -25,7 +25,7 @@ private struct UART {
     init() { serial = Serial(sink: sink, irq: line) }
     init(restoring node: StateNode) throws {
         self.init()
-        try serial.restoreState(node)
+        try serial.restoreNode(node)
     }
 
     func out(_ offset: UInt64, _ value: UInt8) {
@@ -36,8 +36,8 @@ private struct UART {
         withUnsafeMutableBytes(of: &v) { serial.read(offset: offset, data: $0) }
         return v
     }
-    var state: Serial.State { serial.saveState() }
-    var node: StateNode { serial.saveState() }
+    var state: Serial.State { serial.currentState }
+    var node: StateNode { (try? serial.saveNode()) ?? StateNode(name: "") }
 }
 
 // Register offsets.
@@ -234,15 +234,15 @@ struct SerialTests {
         return u
     }
 
-    @Test("saveState / restore: a fresh UART rebuilt from the state behaves like the original")
-    func stateRoundTrip() {
+    @Test("saveState / restoreState: a fresh UART rebuilt from the state behaves like the original")
+    func stateRoundTrip() throws {
         let a = busyUART()
         let saved = a.state
         #expect(saved.dll == 0x03 && saved.dlh == 0x01 && saved.lcr == 0x1b && saved.ier == 0x03)
         #expect(saved.thriPending && saved.rx == [0x10, 0x20, 0x30])
 
         let b = UART()
-        b.serial.restore(saved)
+        try b.serial.restoreState(saved)
         #expect(b.state == saved)
         #expect(b.line.level)                   // restore drives the line from the restored state
         #expect(b.inb(IIR) == 0xc4)
@@ -251,28 +251,33 @@ struct SerialTests {
         #expect(b.state == a.state)
     }
 
-    @Test("restore of an untrusted State caps the FIFO at 64 and recomputes LSR")
-    func hostileRestore() {
+    @Test("restoring an untrusted State refuses a FIFO over 64 bytes and recomputes LSR")
+    func hostileRestore() throws {
         var s = Serial.State()
         s.rx = [UInt8](repeating: 0xee, count: 1000)
-        s.lsr = 0x00
         let u = UART()
-        u.serial.restore(s)
+        #expect(throws: StateError.self) { try u.serial.restoreState(s) }
+        #expect(u.state == Serial.State())
+        s.rx = [UInt8](repeating: 0xee, count: 64)
+        s.lsr = 0x00
+        try u.serial.restoreState(s)
         #expect(u.state.rx.count == 64)
         #expect(u.inb(LSR) == 0x61)             // DR from the FIFO, THRE|TEMT always
 
         var empty = Serial.State()
         empty.lsr = 0xff
-        u.serial.restore(empty)
+        try u.serial.restoreState(empty)
         #expect(u.inb(LSR) & 0x01 == 0)
     }
 
-    @Test("MigratableDevice: saveState() → StateNode → restoreState round trip")
+    @Test("MigratableDevice: state → StateNode (named, versioned properties) → restore round trip")
     func nodeRoundTrip() throws {
         let a = busyUART()
         let node = a.node
         #expect(node.name == "serial@3f8")
-        #expect(try node.bytes("registers") == [0x03, 0x1b, 0x0b, 0x61, 0xb0, 0x77, 0x03, 0x01, 0xc1])
+        #expect(try node.integer(StateNode.versionKey, as: UInt32.self) == 1)
+        let registers = try ["ier", "lcr", "mcr", "lsr", "msr", "scr", "dll", "dlh", "fcr"].map { try node.integer($0, as: UInt8.self) }
+        #expect(registers == [0x03, 0x1b, 0x0b, 0x61, 0xb0, 0x77, 0x03, 0x01, 0xc1])
         #expect(try node.bool("thri-pending"))
         #expect(try node.bytes("rx-fifo") == [0x10, 0x20, 0x30])
 
@@ -289,7 +294,7 @@ struct SerialTests {
         #expect(!quiet.line.level)
     }
 
-    @Test("hostile StateNode: oversized FIFO, wrong register count, missing or malformed properties — refused, nothing changed")
+    @Test("hostile StateNode: oversized FIFO, impossible bits, mis-sized, missing or newer properties — refused, nothing changed")
     func hostileNode() throws {
         let u = busyUART()
         let before = u.state
@@ -297,37 +302,37 @@ struct SerialTests {
 
         var bigFIFO = good
         bigFIFO.set("rx-fifo", bytes: [UInt8](repeating: 1, count: 1000))
-        #expect(throws: StateError.self) { try u.serial.restoreState(bigFIFO) }
-        do { try u.serial.restoreState(bigFIFO) } catch {
+        do { try u.serial.restoreNode(bigFIFO); Issue.record("1000-byte FIFO accepted") } catch {
             guard case .invalid(let n, let why) = error else { Issue.record("wrong error \(error)"); return }
             #expect(n == "serial@3f8" && why.contains("1000"))
         }
-
-        var short = good
-        short.set("registers", bytes: [1, 2, 3, 4, 5, 6, 7, 8])
-        #expect(throws: StateError.badSize(node: "serial@3f8", property: "registers", expected: 9, got: 8)) {
-            try u.serial.restoreState(short)
-        }
-        var long = good
-        long.set("registers", bytes: [UInt8](repeating: 0, count: 10))
-        #expect(throws: StateError.badSize(node: "serial@3f8", property: "registers", expected: 9, got: 10)) {
-            try u.serial.restoreState(long)
-        }
+        var badIER = good
+        badIER.set("ier", UInt8(0xf0))
+        #expect(throws: StateError.self) { try u.serial.restoreNode(badIER) }
+        var wide = good
+        wide.set("lcr", bytes: [0, 3])
+        #expect(throws: StateError.badSize(node: "serial@3f8", property: "lcr", expected: 1, got: 2)) { try u.serial.restoreNode(wide) }
         var badBool = good
         badBool.set("thri-pending", bytes: [1])
         #expect(throws: StateError.badSize(node: "serial@3f8", property: "thri-pending", expected: 4, got: 1)) {
-            try u.serial.restoreState(badBool)
+            try u.serial.restoreNode(badBool)
         }
-        for key in ["registers", "rx-fifo", "thri-pending"] {
+        for key in ["ier", "dll", "rx-fifo", "thri-pending", StateNode.versionKey] {
             var missing = good
             missing.properties.removeAll { $0.0 == key }
-            #expect(throws: StateError.missing(node: "serial@3f8", property: key)) { try u.serial.restoreState(missing) }
+            #expect(throws: StateError.missing(node: "serial@3f8", property: key)) { try u.serial.restoreNode(missing) }
         }
+        var newer = good
+        newer.set(StateNode.versionKey, UInt32(2))
+        #expect(throws: StateError.unsupportedVersion(node: "serial@3f8", version: 2, known: 1)) { try u.serial.restoreNode(newer) }
+        var renamed = good
+        renamed.name = "serial@2f8"
+        #expect(throws: StateError.self) { try u.serial.restoreNode(renamed) }
         #expect(u.state == before)
 
         var exactly64 = good
         exactly64.set("rx-fifo", bytes: [UInt8](repeating: 9, count: 64))
-        try u.serial.restoreState(exactly64)
+        try u.serial.restoreNode(exactly64)
         #expect(u.state.rx.count == 64)
     }
 }

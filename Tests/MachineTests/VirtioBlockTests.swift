@@ -34,12 +34,12 @@ struct VirtioBlockTests {
         let odd = try TempImage(sectors: 0, bytes: 1000)
         for (path, words) in [(empty.path, "0 bytes"), (odd.path, "1000 bytes"), ("/nonexistent/disk.img", "cannot open")] {
             do {
-                let d = try VirtioBlock(path: path, volume: "v", readonly: false, memory: memory,
+                let d = try makeBlock(path: path, volume: "v", readonly: false, memory: memory,
                                         base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt())
                 d.shutdown()
                 Issue.record("accepted \(path)")
             } catch {
-                #expect(error.description.contains(path) && error.description.contains(words), "\(error)")
+                #expect("\(error)".contains(path) && "\(error)".contains(words), "\(error)")
             }
         }
     }
@@ -216,7 +216,7 @@ struct VirtioBlockTests {
         try rig.memory.store(UInt32(4), at: h)
         let st = d.allocate(1)
         d.submit(0, [(h, 16, false), (st, 1, true)])
-        usleep(100_000)
+        usleep(100_000)                      // a window in which a quiesced device must do nothing
         #expect(d.usedIdx(0) == 0)
         rig.device.unquiesce()
         #expect(d.waitUsed(0).count == 1)

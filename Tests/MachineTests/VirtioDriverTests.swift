@@ -7,6 +7,25 @@ import Testing
 // MARK: - A test-side virtio driver shared by the Virtio*Tests files
 
 /// Counts interrupts instead of raising them.
+/// A virtio-blk disk on the transport, as the machine builds one.
+func makeBlock(path: String, volume: String, readonly: Bool, memory: GuestMemory, base: GuestAddress,
+               interrupt: any VirtioInterrupt) throws -> VirtioBlockDevice {
+    try VirtioMMIODevice(device: VirtioBlock(path: path, volume: volume, readonly: readonly, memory: memory),
+                         base: base, memory: memory, interrupt: interrupt)
+}
+
+/// A virtio-net NIC over `fd` (a socket standing in for a TAP) on the transport.
+func makeNet(fd: Int32, interfaceName: String, mac: [UInt8], memory: GuestMemory, base: GuestAddress,
+             interrupt: any VirtioInterrupt) throws -> VirtioNetDevice {
+    try VirtioMMIODevice(device: VirtioNet(fd: fd, interfaceName: interfaceName, mac: mac, memory: memory),
+                         base: base, memory: memory, interrupt: interrupt)
+}
+
+/// A virtio-net NIC on the TAP interface `tap`.
+func makeNet(tap: String, mac: [UInt8], memory: GuestMemory, base: GuestAddress, interrupt: any VirtioInterrupt) throws -> VirtioNetDevice {
+    try VirtioMMIODevice(device: VirtioNet(tap: tap, mac: mac, memory: memory), base: base, memory: memory, interrupt: interrupt)
+}
+
 final class CountingInterrupt: VirtioInterrupt {
     let count = Atomic<Int>(0)
     func trigger() { count.add(1, ordering: .relaxed) }
@@ -51,12 +70,12 @@ final class VirtioTestDriver {
     }
 
     let memory: GuestMemory
-    var device: VirtioMMIODevice
+    var device: any VirtioTransportDevice
     var queues: [Queue] = []
     /// Next free byte of the data area.
     var dataCursor: UInt64 = 4 << 20
 
-    init(memory: GuestMemory, device: VirtioMMIODevice) {
+    init(memory: GuestMemory, device: any VirtioTransportDevice) {
         self.memory = memory
         self.device = device
     }

@@ -69,8 +69,8 @@ struct VirtioNetTAPTests {
         let mac: [UInt8] = [0x52, 0x54, 0, 0x11, 0x22, 0x33]
         let tap = "svq\(ns.name.suffix(6))"
         let (source, target) = try ns.inside {
-            (try VirtioNet(tap: tap, mac: mac, memory: memory, base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt()),
-             try VirtioNet(tap: tap, mac: mac, memory: memory, base: GuestAddress(0xd000_1000), interrupt: CountingInterrupt()))
+            (try makeNet(tap: tap, mac: mac, memory: memory, base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt()),
+             try makeNet(tap: tap, mac: mac, memory: memory, base: GuestAddress(0xd000_1000), interrupt: CountingInterrupt()))
         }
         defer { source.shutdown(); target.shutdown() }
         #expect(source.multiQueue && target.multiQueue)
@@ -102,7 +102,7 @@ struct VirtioNetTAPTests {
             let frame = udpFrame(to: mac, port: UInt16(5000 + port * 7))
             _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
         }
-        usleep(300_000)
+        usleep(300_000)                      // a window for frames to reach either queue
         #expect(source.counters.rxFrames < 80, "every flow still went to the source")
 
         // A NIC in use keeps its queue while quiesced (a paused source loses nothing queued).

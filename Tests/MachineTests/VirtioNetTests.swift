@@ -8,7 +8,7 @@ import Testing
 final class NetRig {
     let memory: GuestMemory
     let interrupt = CountingInterrupt()
-    let device: VirtioNet
+    let device: VirtioNetDevice
     let driver: VirtioTestDriver
     let peer: Int32
 
@@ -25,7 +25,7 @@ final class NetRig {
         }
         _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
         peer = fds[1]
-        device = try VirtioNet(fd: fds[0], interfaceName: "test", mac: mac, memory: self.memory,
+        device = try makeNet(fd: fds[0], interfaceName: "test", mac: mac, memory: self.memory,
                                base: GuestAddress(0xd000_1000), interrupt: interrupt)
         driver = VirtioTestDriver(memory: self.memory, device: device)
     }
@@ -156,7 +156,8 @@ struct VirtioNetTests {
         let rig = try NetRig()
         rig.driver.initialize(queueSizes: [16, 16])
         for i in 0..<3 { rig.send(testFrame(size: 80, seed: UInt8(i))) }
-        usleep(50_000)
+        #expect(VirtioTestDriver.eventually { rig.device.withDevice { $0.waitsForBuffers } })
+        // A measurement window: a stalled device must sleep through it.
         let before = rig.device.statistics.wakeups
         usleep(500_000)
         let wakeups = rig.device.statistics.wakeups - before
@@ -176,7 +177,8 @@ struct VirtioNetTests {
         rig.driver.initialize(queueSizes: [16, 16])
         for _ in 0..<3 { rig.driver.submit(0, [(rig.driver.allocate(16), 0, true)]) }   // zero-length buffers
         rig.send(testFrame(size: 300))
-        usleep(50_000)
+        #expect(VirtioTestDriver.eventually { rig.device.withDevice { $0.waitsForBuffers } })
+        // A measurement window: a stalled device must sleep through it.
         let before = rig.device.statistics.wakeups
         usleep(500_000)
         let wakeups = rig.device.statistics.wakeups - before
@@ -192,7 +194,7 @@ struct VirtioNetTests {
         let rig = try NetRig()
         rig.driver.initialize(queueSizes: [16, 16])
         rig.send(testFrame(size: 80))
-        usleep(50_000)
+        #expect(VirtioTestDriver.eventually { rig.device.withDevice { $0.waitsForBuffers } }, "the frame never reached the device")
         rig.postRx(256, notify: false)
         #expect(rig.driver.waitUsed(0).count == 1)
     }
@@ -203,7 +205,7 @@ struct VirtioNetTests {
         var fds: [Int32] = [0, 0]
         #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &fds) == 0)
         _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
-        let device = try VirtioNet(fd: fds[0], interfaceName: "hangup", mac: [0x52, 0x54, 0, 0, 0, 1], memory: memory,
+        let device = try makeNet(fd: fds[0], interfaceName: "hangup", mac: [0x52, 0x54, 0, 0, 0, 1], memory: memory,
                                    base: GuestAddress(0xd000_1000), interrupt: CountingInterrupt())
         defer { device.shutdown() }
         let driver = VirtioTestDriver(memory: memory, device: device)
@@ -211,7 +213,8 @@ struct VirtioNetTests {
         let buf = driver.allocate(256)
         driver.submit(0, [(buf, 256, true)])
         close(fds[1])
-        usleep(100_000)
+        #expect(VirtioTestDriver.eventually { device.withDevice { $0.tapFailed } }, "the hang-up was never noticed")
+        // A measurement window: a device whose backend is gone must not spin on it.
         let before = device.statistics.wakeups
         usleep(400_000)
         #expect(device.statistics.wakeups - before <= 5)

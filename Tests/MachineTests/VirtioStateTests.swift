@@ -31,8 +31,8 @@ struct VirtioStateTests {
     static let OUT: UInt32 = 1, IN: UInt32 = 0
 
     /// A second disk on the same image and memory: what a migration target builds.
-    func twin(of rig: BlockRig, volume: String = "vol0", readonly: Bool = false, path: String? = nil) throws -> VirtioBlock {
-        try VirtioBlock(path: path ?? rig.image.path, volume: volume, readonly: readonly, memory: rig.memory,
+    func twin(of rig: BlockRig, volume: String = "vol0", readonly: Bool = false, path: String? = nil) throws -> VirtioBlockDevice {
+        try makeBlock(path: path ?? rig.image.path, volume: volume, readonly: readonly, memory: rig.memory,
                         base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt())
     }
 
@@ -43,12 +43,12 @@ struct VirtioStateTests {
         let buf = rig.driver.allocate(512, fill: 0x5a)
         for s in 0..<20 { #expect(rig.request(type: Self.OUT, sector: UInt64(s), data: [(buf, 512, false)])?.0 == 0) }
         rig.device.quiesce()
-        let saved = rig.device.saveState()
+        let saved = try rig.device.saveNode()
         rig.device.shutdown()
         let target = try twin(of: rig)
         defer { target.shutdown() }
-        try target.restoreState(saved)
-        #expect(target.saveState() == saved)
+        try target.restoreNode(saved)
+        #expect(try target.saveNode() == saved)
         #expect(target.transportState == rig.device.transportState)
         #expect(target.transportState.queues[0].nextUsed == 20)
         rig.driver.device = target
@@ -78,10 +78,10 @@ struct VirtioStateTests {
                 rig.device.quiesce()
                 let s = rig.device.transportState.queues[0]
                 #expect(s.nextAvail == s.nextUsed && d.usedIdx(0) == s.nextUsed)
-                let saved = rig.device.saveState()
+                let saved = try rig.device.saveNode()
                 rig.device.shutdown()
                 let target = try twin(of: rig)
-                try target.restoreState(saved)
+                try target.restoreNode(saved)
                 d.device = target
                 target.unquiesce()
             }
@@ -103,10 +103,10 @@ struct VirtioStateTests {
         source.transmit(testFrame(size: 70))
         #expect(source.receive() != nil)
         source.device.quiesce()
-        let saved = source.device.saveState()
+        let saved = try source.device.saveNode()
         let target = try NetRig(mac: [0x52, 0x54, 0, 2, 2, 2], memory: memory)
-        try target.device.restoreState(saved)
-        #expect(target.device.saveState() == saved)
+        try target.device.restoreNode(saved)
+        #expect(try target.device.saveNode() == saved)
         #expect(target.device.macAddress == [0x52, 0x54, 0, 1, 1, 1])
         #expect(target.driver.config(0, count: 6) == [0x52, 0x54, 0, 1, 1, 1])
         // The guest's driver carries on against the target: the remaining posted buffers are used.
@@ -130,10 +130,10 @@ struct VirtioStateTests {
         for _ in 0..<200 { source.postRx(256) }
         for i in 0..<60 { source.send(testFrame(to: mac, size: 64, seed: UInt8(i))) }
         source.device.quiesce()
-        let saved = source.device.saveState()
+        let saved = try source.device.saveNode()
         let delivered = Int(source.device.transportState.queues[0].nextUsed)
         let target = try NetRig(mac: mac, memory: memory)
-        try target.device.restoreState(saved)
+        try target.device.restoreNode(saved)
         target.driver.queues = source.driver.queues
         target.device.unquiesce()
         for i in 60..<100 { target.send(testFrame(to: mac, size: 64, seed: UInt8(i))) }
@@ -151,10 +151,10 @@ struct VirtioStateTests {
         let buf = rig.driver.allocate(512)
         #expect(rig.request(type: Self.IN, sector: 0, data: [(buf, 512, true)])?.0 == 0)
         rig.device.quiesce()
-        let good = rig.device.saveState()
+        let good = try rig.device.saveNode()
         let target = try twin(of: rig)
         defer { target.shutdown() }
-        let pristine = target.saveState()
+        let pristine = try target.saveNode()
         let q = "queue@0"
         let cases: [(String, StateNode)] = [
             ("size not a power of two", good.replacing("size", in: q, UInt16(12))),
@@ -177,14 +177,14 @@ struct VirtioStateTests {
             ("read-only mismatch", good.replacing("readonly", in: "device", UInt32(1))),
         ]
         for (what, node) in cases {
-            #expect(throws: StateError.self, "\(what) was accepted") { try target.restoreState(node) }
-            #expect(target.saveState() == pristine, "\(what) changed the device")
+            #expect(throws: StateError.self, "\(what) was accepted") { try target.restoreNode(node) }
+            #expect(try target.saveNode() == pristine, "\(what) changed the device")
         }
         var renamed = good
         renamed.name = "virtio-blk@0xd0001000"
-        #expect(throws: StateError.self) { try target.restoreState(renamed) }
-        try target.restoreState(good)
-        #expect(target.saveState() == good)
+        #expect(throws: StateError.self) { try target.restoreNode(renamed) }
+        try target.restoreNode(good)
+        #expect(try target.saveNode() == good)
     }
 
     @Test("hostile virtio-net states are rejected")
@@ -192,15 +192,15 @@ struct VirtioStateTests {
         let rig = try NetRig()
         rig.driver.initialize(queueSizes: [16, 16])
         rig.device.quiesce()
-        let good = rig.device.saveState()
+        let good = try rig.device.saveNode()
         let target = try NetRig(mac: [0x52, 0x54, 0, 9, 9, 9])
-        let pristine = target.device.saveState()
+        let pristine = try target.device.saveNode()
         for node in [good.replacing("mac", in: "device", with: [1, 2, 3, 4, 5]),
                      good.replacing("mac", in: "device", with: [0x01, 0, 0x5e, 0, 0, 1]),
                      good.removingChild("queue@1"),
                      good.replacing("device-id", UInt32(2))] {
-            #expect(throws: StateError.self) { try target.device.restoreState(node) }
-            #expect(target.device.saveState() == pristine)
+            #expect(throws: StateError.self) { try target.device.restoreNode(node) }
+            #expect(try target.device.saveNode() == pristine)
         }
     }
 
@@ -209,7 +209,7 @@ struct VirtioStateTests {
         let rig = try BlockRig(volume: "rootfs")
         defer { rig.device.shutdown() }
         rig.driver.initialize(queueSizes: [32])
-        let n = rig.device.saveState()
+        let n = try rig.device.saveNode()
         #expect(n.name == "virtio-blk@0xd0000000")
         #expect(try n.child("device")?.string("volume") == "rootfs")
         #expect(try n.child("queue@0")?.integer("size", as: UInt16.self) == 32)

@@ -22,14 +22,14 @@ struct BlockRig {
     let memory: GuestMemory
     let image: TempImage
     let interrupt = CountingInterrupt()
-    let device: VirtioBlock
+    let device: VirtioBlockDevice
     let driver: VirtioTestDriver
 
     init(sectors: Int = 64, readonly: Bool = false, volume: String = "vol0", memory: GuestMemory? = nil,
          fill: @escaping (Int) -> UInt8 = { UInt8(truncatingIfNeeded: $0 / 512) }) throws {
         self.memory = try memory ?? virtioTestMemory()
         image = try TempImage(sectors: sectors, fill: fill)
-        device = try VirtioBlock(path: image.path, volume: volume, readonly: readonly, memory: self.memory,
+        device = try makeBlock(path: image.path, volume: volume, readonly: readonly, memory: self.memory,
                                  base: GuestAddress(0xd000_0000), interrupt: interrupt)
         driver = VirtioTestDriver(memory: self.memory, device: device)
     }

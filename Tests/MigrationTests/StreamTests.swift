@@ -38,22 +38,19 @@ struct StreamTests {
         #expect(a.bytesWritten == 15 + 13 + 12)
     }
 
-    @Test("sections round-trip: JSON, bytes, empty, and sendParts concatenating its parts")
+    @Test("sections round-trip: messages, bytes, empty, and a payload sent in parts")
     func roundTrip() throws {
         let (a, b) = try connectionPair()
-        try a.send(.hello, json: ["name": "guest", "cpus": 2, "nested": ["x": true]])
+        try a.send(Hello(streamVersion: 1, vmmVersion: "0.1.0", name: "guest", uuid: "u", nonce: "00", hasKey: true))
         try a.send(.pages, bytes: [0, 1, 2, 255])
         try a.send(.ready, bytes: [])
         let p1: [UInt8] = [1, 2], p2: [UInt8] = [], p3: [UInt8] = Array(repeating: 7, count: 100)
         try p1.withUnsafeBytes { x in try p2.withUnsafeBytes { y in try p3.withUnsafeBytes { z in
-            try a.sendParts(.state, [x, y, z])
+            try a.send(.state, parts: [x, y, z])
         } } }
 
-        let hello = try b.expect(.hello)
-        let json = try hello.json()
-        #expect(json["name"] as? String == "guest")
-        #expect(json["cpus"] as? Int == 2)
-        #expect((json["nested"] as? [String: Any])?["x"] as? Bool == true)
+        let hello = try b.expect(Hello.self)
+        #expect(hello.name == "guest" && hello.hasKey && hello.streamVersion == 1)
         #expect(try b.expect(.pages).payload == [0, 1, 2, 255])
         #expect(try b.receive().payload.isEmpty)
         let state = try b.receive()
@@ -71,7 +68,7 @@ struct StreamTests {
         let medium = g.bytes(100_000)
         let writer = Background {
             try a.send(.state, bytes: big)
-            try medium.withUnsafeBytes { m in try big.withUnsafeBytes { bg in try a.sendParts(.pages, [m, bg, m]) } }
+            try medium.withUnsafeBytes { m in try big.withUnsafeBytes { bg in try a.send(.pages, parts: [m, bg, m]) } }
             try a.send(.go, bytes: [])
         }
         #expect(try b.expect(.state).payload == big)
@@ -140,21 +137,27 @@ struct StreamTests {
         #expect(throws: MigrationError.peer("disk on fire")) { try b.expect(.accept) }
         try a.send(.error, bytes: Array("not json".utf8))
         #expect(throws: MigrationError.peer("unknown error")) { try b.expect(.accept) }
-        try a.send(.cancel, json: ["desc": "cancelled by user"])
+        try a.send(CancelNotice(desc: "cancelled by user"))
         #expect(throws: MigrationError.cancelled("cancelled by user")) { try b.expect(.ready) }
-        try a.send(.hello, json: [:])
+        try a.send(.hello, bytes: Array("{}".utf8))
         #expect(throws: MigrationError.stream("expected a accept section, got hello")) { try b.expect(.accept) }
-        try a.send(.error, json: ["desc": "x"])
-        #expect(try b.expect(.error).json()["desc"] as? String == "x")
+        try a.send(ErrorReport(desc: "x"))
+        #expect(try b.expect(.error).message(ErrorReport.self).desc == "x")
         #expect(MigrationError.peer("disk on fire").description == "peer: disk on fire")
     }
 
-    @Test("json() refuses a payload that is not a JSON object")
+    @Test("a message section that is not the JSON object its type needs is a stream error naming the section")
     func badJSON() throws {
         for payload in [Array("[1,2]".utf8), Array("{".utf8), [], [0xff, 0xfe]] {
             let s = Section(type: .hello, payload: payload)
-            #expect(throws: MigrationError.stream("section hello does not hold a JSON object")) { try s.json() }
+            #expect(throws: MigrationError.stream("malformed hello section: not a JSON object")) { try s.message(Hello.self) }
         }
+        let missing = Section(type: .go, payload: Array("{}".utf8))
+        #expect(throws: MigrationError.stream("malformed go section: 'paused_at_ns' is missing")) { try missing.message(Go.self) }
+        let wrongType = Section(type: .roundEnd, payload: Array("{\"round\":\"x\"}".utf8))
+        #expect(throws: MigrationError.stream("malformed roundEnd section: 'round' has the wrong type")) { try wrongType.message(RoundEnd.self) }
+        let wrongSection = Section(type: .ready, payload: Array("{}".utf8))
+        #expect(throws: MigrationError.stream("expected a go section, got ready")) { try wrongSection.message(Go.self) }
     }
 
     @Test("a connection closed mid-section is a connection error; abort() unblocks a reader")
@@ -165,10 +168,8 @@ struct StreamTests {
         #expect(throws: MigrationError.connection("connection closed by peer")) { try b.receive() }
 
         let (c, d) = try connectionPair()
-        let aborter = Background {
-            usleep(50_000)
-            d.abort()
-        }
+        // Aborted while the reader blocks or before it starts: the read ends either way.
+        let aborter = Background { d.abort() }
         #expect(throws: MigrationError.connection("connection closed by peer")) { try d.receive() }
         try aborter.join()
         #expect(c.waitIncoming(timeoutMs: 1000))          // the peer sees the abort as end of stream

@@ -56,9 +56,9 @@ struct TransportTests {
         let accepted = try #require(try Transport.acceptOne(listener, tcp: false, cancelled: { false }))
         let server = Connection(fd: accepted)
         try client.writePreamble()
-        try client.send(.hello, json: ["v": 1])
+        try client.send(RoundEnd(round: 1))
         #expect(try server.readPreamble() == Wire.streamVersion)
-        #expect(try server.expect(.hello).json()["v"] as? Int == 1)
+        #expect(try server.expect(RoundEnd.self).round == 1)
 
         #expect(throws: MigrationError.self) { try Transport.listen(endpoint) }   // busy
         #expect(try Transport.acceptOne(listener, tcp: false, cancelled: { true }) == nil)

@@ -7,18 +7,12 @@
 #define CKVM_H
 
 #include <linux/kvm.h>
-#include <linux/if_tun.h>
-#include <linux/virtio_net.h>
 #include <asm/kvm.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/ioctl.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <errno.h>
-#include <net/if.h>
-#include <signal.h>
-#include <pthread.h>
 
 // MARK: request numbers
 #define CKVM_REQ(name, expr) static inline unsigned long ckvm_req_##name(void) { return (unsigned long)(expr); }
@@ -81,11 +75,6 @@ CKVM_REQ(KVMCLOCK_CTRL, KVM_KVMCLOCK_CTRL)
 CKVM_REQ(TRANSLATE, KVM_TRANSLATE)
 CKVM_REQ(SET_SIGNAL_MASK, KVM_SET_SIGNAL_MASK)
 
-CKVM_REQ(TUNSETIFF, TUNSETIFF)
-CKVM_REQ(TUNSETOFFLOAD, TUNSETOFFLOAD)
-CKVM_REQ(TUNSETVNETHDRSZ, TUNSETVNETHDRSZ)
-CKVM_REQ(TUNGETIFF, TUNGETIFF)
-
 // MARK: fixed-arity wrappers (value or -errno)
 
 static inline long ckvm_ioctl_none(int fd, unsigned long req) {
@@ -109,34 +98,5 @@ static inline size_t ckvm_run_mmio_data_offset(void) { return offsetof(struct kv
 static inline void ckvm_set_immediate_exit(struct kvm_run *run, uint8_t value) {
     *(volatile uint8_t *)&run->immediate_exit = value;
 }
-
-/// A signal handler that does nothing: its only job is to interrupt KVM_RUN with EINTR.
-static void ckvm_kick_handler(int sig) { (void)sig; }
-
-/// Installs the no-op handler for `signo` without SA_RESTART. Returns 0 or -errno.
-static inline int ckvm_install_kick_signal(int signo) {
-    struct sigaction sa;
-    sa.sa_handler = ckvm_kick_handler;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0;
-    return sigaction(signo, &sa, NULL) < 0 ? -errno : 0;
-}
-
-static inline int ckvm_pthread_kill(pthread_t thread, int signo) {
-    return -pthread_kill(thread, signo);
-}
-
-/// Opens /dev/net/tun and attaches to (or creates) the TAP interface `name` with the given flags.
-/// Returns the fd or -errno.
-int ckvm_tap_open(const char *name, short flags, char *actual_name, size_t actual_len);
-
-// MARK: atomics on plain memory (dirty bitmaps shared by device threads and the migration thread)
-
-static inline void ckvm_atomic_or64(uint64_t *p, uint64_t bits) { __atomic_fetch_or(p, bits, __ATOMIC_RELAXED); }
-static inline uint64_t ckvm_atomic_xchg64(uint64_t *p, uint64_t v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
-static inline uint64_t ckvm_atomic_load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void ckvm_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-static inline uint16_t ckvm_load_acquire16(const uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void ckvm_store_release16(uint16_t *p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
 #endif

@@ -36,7 +36,20 @@ struct ELFImage {
         bytes.count >= 4 && Array(bytes.prefix(4)) == magic
     }
 
+    /// Where the program and section header tables are (from the ELF header).
+    struct Tables {
+        var phoff: UInt64, phentsize: UInt64, phnum: UInt64
+        var shoff: UInt64, shentsize: UInt64, shnum: UInt64
+    }
+
     static func parse(_ file: ByteReader) throws(BootError) -> ELFImage {
+        let (is64, t) = try header(file)
+        let (segments, segmentNotes) = try programHeaders(file, is64: is64, t)
+        return ELFImage(is64: is64, segments: segments, noteRegions: segmentNotes + sectionNotes(file, is64: is64, t))
+    }
+
+    /// The identification and the header's table locations, checked.
+    static func header(_ file: ByteReader) throws(BootError) -> (is64: Bool, Tables) {
         guard file.count >= 16, let cls = file.u8(4), let data = file.u8(5) else {
             throw .truncated(what: "ELF identification", needed: 16, fileSize: file.count)
         }
@@ -52,38 +65,32 @@ struct ELFImage {
         guard machine == emX86 || machine == emX86_64 else {
             throw .unsupportedELF("machine \(machine) is not x86 (3) or x86-64 (62)")
         }
-        let phoff, shoff: UInt64
-        let phentsize, phnum, shentsize, shnum: UInt64
+        let t: Tables
         if is64 {
-            phoff = file.u64(32) ?? 0
-            shoff = file.u64(40) ?? 0
-            phentsize = UInt64(file.u16(54) ?? 0)
-            phnum = UInt64(file.u16(56) ?? 0)
-            shentsize = UInt64(file.u16(58) ?? 0)
-            shnum = UInt64(file.u16(60) ?? 0)
+            t = Tables(phoff: file.u64(32) ?? 0, phentsize: UInt64(file.u16(54) ?? 0), phnum: UInt64(file.u16(56) ?? 0),
+                       shoff: file.u64(40) ?? 0, shentsize: UInt64(file.u16(58) ?? 0), shnum: UInt64(file.u16(60) ?? 0))
         } else {
-            phoff = UInt64(file.u32(28) ?? 0)
-            shoff = UInt64(file.u32(32) ?? 0)
-            phentsize = UInt64(file.u16(42) ?? 0)
-            phnum = UInt64(file.u16(44) ?? 0)
-            shentsize = UInt64(file.u16(46) ?? 0)
-            shnum = UInt64(file.u16(48) ?? 0)
+            t = Tables(phoff: UInt64(file.u32(28) ?? 0), phentsize: UInt64(file.u16(42) ?? 0), phnum: UInt64(file.u16(44) ?? 0),
+                       shoff: UInt64(file.u32(32) ?? 0), shentsize: UInt64(file.u16(46) ?? 0), shnum: UInt64(file.u16(48) ?? 0))
         }
-        guard phnum > 0 else { throw .noLoadSegment }
+        return (is64, t)
+    }
+
+    /// The program headers, and the PT_NOTE regions among them.
+    static func programHeaders(_ file: ByteReader, is64: Bool, _ t: Tables) throws(BootError) -> ([Segment], [NoteRegion]) {
+        guard t.phnum > 0 else { throw .noLoadSegment }
         let minPhentsize: UInt64 = is64 ? 56 : 32
-        guard phentsize >= minPhentsize else {
-            throw .malformedELF("e_phentsize \(phentsize) is smaller than \(minPhentsize)")
+        guard t.phentsize >= minPhentsize else {
+            throw .malformedELF("e_phentsize \(t.phentsize) is smaller than \(minPhentsize)")
         }
         // phnum and phentsize are 16-bit: the product cannot overflow.
-        let tableSize = phnum * phentsize
-        guard file.contains(phoff, length: tableSize) else {
-            throw .malformedELF("program header table (\(phnum) × \(phentsize) bytes at offset \(phoff)) is outside the \(file.count)-byte file")
+        guard file.contains(t.phoff, length: t.phnum * t.phentsize) else {
+            throw .malformedELF("program header table (\(t.phnum) × \(t.phentsize) bytes at offset \(t.phoff)) is outside the \(file.count)-byte file")
         }
-
         var segments: [Segment] = []
         var notes: [NoteRegion] = []
-        for i in 0 ..< phnum {
-            let at = phoff + i * phentsize
+        for i in 0 ..< t.phnum {
+            let at = t.phoff + i * t.phentsize
             let s: Segment
             if is64 {
                 s = Segment(index: Int(i), type: file.u32(at) ?? 0, offset: file.u64(at + 8) ?? 0,
@@ -102,29 +109,34 @@ struct ELFImage {
                 notes.append(NoteRegion(offset: s.offset, size: s.fileSize, alignment: s.alignment))
             }
         }
+        return (segments, notes)
+    }
 
-        // Section headers are optional for loading; a broken table is ignored, not fatal.
+    /// SHT_NOTE sections. Section headers are optional for loading: a broken table is ignored.
+    static func sectionNotes(_ file: ByteReader, is64: Bool, _ t: Tables) -> [NoteRegion] {
         let minShentsize: UInt64 = is64 ? 64 : 40
-        if shoff != 0, shnum > 0, shentsize >= minShentsize, file.contains(shoff, length: shnum * shentsize) {
-            for i in 0 ..< shnum {
-                let at = shoff + i * shentsize
-                guard file.u32(at + 4) == shtNote else { continue }
-                let offset, size, alignment: UInt64
-                if is64 {
-                    offset = file.u64(at + 24) ?? 0
-                    size = file.u64(at + 32) ?? 0
-                    alignment = file.u64(at + 48) ?? 0
-                } else {
-                    offset = UInt64(file.u32(at + 16) ?? 0)
-                    size = UInt64(file.u32(at + 20) ?? 0)
-                    alignment = UInt64(file.u32(at + 32) ?? 0)
-                }
-                if file.contains(offset, length: size) {
-                    notes.append(NoteRegion(offset: offset, size: size, alignment: alignment))
-                }
+        guard t.shoff != 0, t.shnum > 0, t.shentsize >= minShentsize, file.contains(t.shoff, length: t.shnum * t.shentsize) else {
+            return []
+        }
+        var notes: [NoteRegion] = []
+        for i in 0 ..< t.shnum {
+            let at = t.shoff + i * t.shentsize
+            guard file.u32(at + 4) == shtNote else { continue }
+            let offset, size, alignment: UInt64
+            if is64 {
+                offset = file.u64(at + 24) ?? 0
+                size = file.u64(at + 32) ?? 0
+                alignment = file.u64(at + 48) ?? 0
+            } else {
+                offset = UInt64(file.u32(at + 16) ?? 0)
+                size = UInt64(file.u32(at + 20) ?? 0)
+                alignment = UInt64(file.u32(at + 32) ?? 0)
+            }
+            if file.contains(offset, length: size) {
+                notes.append(NoteRegion(offset: offset, size: size, alignment: alignment))
             }
         }
-        return ELFImage(is64: is64, segments: segments, noteRegions: notes)
+        return notes
     }
 
     /// The value of the first `Xen` / `XEN_ELFNOTE_PHYS32_ENTRY` note, or nil if there is none.

@@ -46,8 +46,12 @@ enum MPTable {
     /// `cpus` must be in 1 … `maxCPUs` (the caller validates it).
     static func build(cpus: Int, at address: GuestAddress) -> [UInt8] {
         let tableAddress = UInt32(truncatingIfNeeded: address.raw) &+ UInt32(floatingPointerSize)
-        let ioAPICID = UInt8(truncatingIfNeeded: cpus)
+        return floatingPointer(tableAddress: tableAddress) + configurationTable(cpus: cpus)
+    }
 
+    /// Processors, the ISA bus, the IOAPIC, its interrupt assignments and the local interrupts.
+    static func entries(cpus: Int) -> [UInt8] {
+        let ioAPICID = UInt8(truncatingIfNeeded: cpus)
         var entries = ByteBuilder()
         for cpu in 0 ..< cpus {
             entries.u8(processorType)
@@ -84,11 +88,16 @@ enum MPTable {
             entries.u8(apic)                              // 0xff: every local APIC
             entries.u8(lint)
         }
-        let entryCount = cpus + 2 + ioAPICPins + 2
+        return entries.bytes
+    }
 
+    /// The configuration table: header and entries, checksummed.
+    static func configurationTable(cpus: Int) -> [UInt8] {
+        let entries = entries(cpus: cpus)
+        let entryCount = cpus + 2 + ioAPICPins + 2
         var header = ByteBuilder()
         header.append(Array("PCMP".utf8))
-        header.u16(UInt16(truncatingIfNeeded: headerSize + entries.bytes.count))
+        header.u16(UInt16(truncatingIfNeeded: headerSize + entries.count))
         header.u8(4)                                      // spec revision 1.4
         header.u8(0)                                      // checksum, below
         header.ascii("SWIFTVMM", width: 8)
@@ -100,9 +109,13 @@ enum MPTable {
         header.u16(0)                                     // extended table length
         header.u8(0)                                      // extended table checksum
         header.u8(0)                                      // reserved
-        var table = header.bytes + entries.bytes
+        var table = header.bytes + entries
         table.storeLE(0 &- byteSum(table), at: 7)
+        return table
+    }
 
+    /// The MP floating pointer structure pointing at the configuration table.
+    static func floatingPointer(tableAddress: UInt32) -> [UInt8] {
         var pointer = ByteBuilder()
         pointer.append(Array("_MP_".utf8))
         pointer.u32(tableAddress)
@@ -114,7 +127,6 @@ enum MPTable {
         pointer.append([0, 0, 0])
         var floating = pointer.bytes
         floating.storeLE(0 &- byteSum(floating), at: 10)
-
-        return floating + table
+        return floating
     }
 }

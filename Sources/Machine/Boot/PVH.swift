@@ -28,8 +28,38 @@ enum PVHLoader {
         let elf = try ELFImage.parse(file)
         guard let entry = try elf.pvhEntry(in: file) else { throw .noPVHEntryNote }
         let cmdline = try KernelLoader.commandLine(config.cmdline, maximum: KernelLoader.maxCommandLine)
+        let (loads, kernel) = try loadSegments(elf, file: file, memory: memory)
+        guard loads.contains(where: { UInt64(entry) >= $0.physicalAddress && UInt64(entry) - $0.physicalAddress < $0.memorySize }) else {
+            throw .entryOutsideKernel(GuestAddress(UInt64(entry)))
+        }
+        var writes: [MemoryWrite] = []
+        var initrdRange: Range<GuestAddress>?
+        if let initrd = config.initrd, !initrd.isEmpty {
+            let start = try placeInitrd(size: UInt64(initrd.count), above: loads, memory: memory)
+            initrdRange = GuestAddress(start) ..< GuestAddress(start + UInt64(initrd.count))
+            writes.append(MemoryWrite(address: GuestAddress(start), bytes: initrd))
+        }
+        for s in loads {
+            var bytes = file.slice(s.offset, length: s.fileSize) ?? []
+            let tail = s.memorySize - s.fileSize
+            if tail > 0, tail <= BootLayout.maxExplicitZeroFill {
+                bytes.append(contentsOf: repeatElement(0, count: Int(tail)))
+            }
+            if !bytes.isEmpty {
+                writes.append(MemoryWrite(address: GuestAddress(s.physicalAddress), bytes: bytes))
+            }
+        }
+        let e820 = E820Entry.map(for: memory)
+        writes.append(contentsOf: structures(e820: e820, initrd: initrdRange))
+        writes.append(contentsOf: KernelLoader.commonWrites(cmdline: cmdline, cpus: config.cpus))
+        return BootPlan(writes: writes, entry: .pvh(entry: entry, startInfo: UInt32(BootLayout.startInfoAddress.raw)),
+                        format: .pvh, kernelRange: kernel, initrdRange: initrdRange, e820: e820)
+    }
 
-        // Validate every PT_LOAD before emitting anything.
+    /// Every non-empty PT_LOAD, each checked — in the file, not wrapping, not overlapping
+    /// another, in RAM, clear of the boot structures — and the range they span.
+    static func loadSegments(_ elf: ELFImage, file: ByteReader, memory: MemoryMap) throws(BootError)
+        -> ([ELFImage.Segment], Range<GuestAddress>) {
         var loads: [ELFImage.Segment] = []
         var kernelStart = UInt64.max, kernelEnd: UInt64 = 0
         for s in elf.segments where s.type == ELFImage.ptLoad {
@@ -55,59 +85,29 @@ enum PVHLoader {
         }
         for s in loads {
             guard memory.isRAM(GuestAddress(s.physicalAddress), length: s.memorySize) else {
-                throw .kernelDoesNotFit(size: kernelEnd - kernelStart, at: GuestAddress(kernelStart),
-                                        memorySize: memory.memorySize)
+                throw .kernelDoesNotFit(size: kernelEnd - kernelStart, at: GuestAddress(kernelStart), memorySize: memory.memorySize)
             }
             try KernelLoader.checkClearOfBootStructures("kernel segment \(s.index)", start: s.physicalAddress,
                                                         end: s.physicalAddress + s.memorySize)
         }
-        guard loads.contains(where: { UInt64(entry) >= $0.physicalAddress && UInt64(entry) - $0.physicalAddress < $0.memorySize }) else {
-            throw .entryOutsideKernel(GuestAddress(UInt64(entry)))
+        return (loads, GuestAddress(kernelStart) ..< GuestAddress(kernelEnd))
+    }
+
+    /// Where an initrd of `size` bytes goes: as high in low RAM as it fits, above every low
+    /// kernel segment.
+    static func placeInitrd(size: UInt64, above loads: [ELFImage.Segment], memory: MemoryMap) throws(BootError) -> UInt64 {
+        let lowKernelEnd = loads.map { $0.physicalAddress + $0.memorySize }.filter { $0 <= memory.lowRAMEnd }.max() ?? 0
+        let floor = max(alignUp(lowKernelEnd, MemoryMap.pageSize) ?? lowKernelEnd, BootLayout.reservedLowEnd.raw)
+        guard let start = KernelLoader.placeHigh(size: size, floor: floor, limit: memory.lowRAMEnd) else {
+            throw .initrdDoesNotFit(size: size, above: GuestAddress(floor), below: GuestAddress(memory.lowRAMEnd),
+                                    memorySize: memory.memorySize)
         }
-
-        // The initrd goes as high in low RAM as it fits, above every low kernel segment.
-        var initrdRange: Range<GuestAddress>?
-        var writes: [MemoryWrite] = []
-        if let initrd = config.initrd, !initrd.isEmpty {
-            let size = UInt64(initrd.count)
-            let lowKernelEnd = loads.map { $0.physicalAddress + $0.memorySize }
-                .filter { $0 <= memory.lowRAMEnd }.max() ?? 0
-            let floor = max(alignUp(lowKernelEnd, MemoryMap.pageSize) ?? lowKernelEnd, BootLayout.reservedLowEnd.raw)
-            guard let start = KernelLoader.placeHigh(size: size, floor: floor, limit: memory.lowRAMEnd) else {
-                throw .initrdDoesNotFit(size: size, above: GuestAddress(floor), below: GuestAddress(memory.lowRAMEnd),
-                                        memorySize: memory.memorySize)
-            }
-            for s in loads where start < s.physicalAddress + s.memorySize && s.physicalAddress < start + size {
-                throw .overlapsBootStructure(what: "initrd", start: GuestAddress(start), end: GuestAddress(start + size),
-                                             structure: "kernel segment \(s.index)")
-            }
-            try KernelLoader.checkClearOfBootStructures("initrd", start: start, end: start + size)
-            initrdRange = GuestAddress(start) ..< GuestAddress(start + size)
-            writes.append(MemoryWrite(address: GuestAddress(start), bytes: initrd))
+        for s in loads where start < s.physicalAddress + s.memorySize && s.physicalAddress < start + size {
+            throw .overlapsBootStructure(what: "initrd", start: GuestAddress(start), end: GuestAddress(start + size),
+                                         structure: "kernel segment \(s.index)")
         }
-
-        for s in loads {
-            var bytes = file.slice(s.offset, length: s.fileSize) ?? []
-            let tail = s.memorySize - s.fileSize
-            if tail > 0, tail <= BootLayout.maxExplicitZeroFill {
-                bytes.append(contentsOf: repeatElement(0, count: Int(tail)))
-            }
-            if !bytes.isEmpty {
-                writes.append(MemoryWrite(address: GuestAddress(s.physicalAddress), bytes: bytes))
-            }
-        }
-
-        let e820 = E820Entry.map(for: memory)
-        writes.append(contentsOf: structures(e820: e820, initrd: initrdRange))
-        writes.append(contentsOf: KernelLoader.commonWrites(cmdline: cmdline, cpus: config.cpus))
-
-        return BootPlan(
-            writes: writes,
-            entry: .pvh(entry: entry, startInfo: UInt32(BootLayout.startInfoAddress.raw)),
-            format: .pvh,
-            kernelRange: GuestAddress(kernelStart) ..< GuestAddress(kernelEnd),
-            initrdRange: initrdRange,
-            e820: e820)
+        try KernelLoader.checkClearOfBootStructures("initrd", start: start, end: start + size)
+        return start
     }
 
     /// `hvm_start_info`, the module list (when there is an initrd) and the memory map.

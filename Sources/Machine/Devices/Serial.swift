@@ -156,43 +156,57 @@ public final class Serial: BusDevice {
         }
     }
 
-    public func saveState() -> State { state.withLock { $0 } }
+    /// The UART's registers and FIFO as they are now.
+    public var currentState: State { state.withLock { $0 } }
 
-    /// Rebuilds the UART from a (possibly untrusted) state: the FIFO is capped and LSR's data
-    /// bit recomputed.
-    public func restore(_ new: State) {
+    /// Rebuilds the UART from a validated state: LSR's data bit is recomputed from the FIFO.
+    func apply(_ new: State) {
         var s = new
-        if s.rx.count > Self.rxCapacity { s.rx = Array(s.rx.prefix(Self.rxCapacity)) }
         s.lsr = (s.lsr & ~Self.lsrDR) | (s.rx.isEmpty ? 0 : Self.lsrDR) | Self.lsrTHRE | Self.lsrTEMT
         lineLevel.store(0, ordering: .relaxed)
         state.withLock { $0 = s; update(s) }
     }
 }
 
-extension Serial: MigratableDevice {
-    public var stateName: String { "serial@3f8" }
-    public func quiesce() {}
-    public func unquiesce() {}
+extension Serial.State: ComponentState {
+    public static let version: UInt32 = 1
 
-    public func saveState() -> StateNode {
-        let s: State = saveState()
-        var n = StateNode(name: stateName)
-        n.set("registers", bytes: [s.ier, s.lcr, s.mcr, s.lsr, s.msr, s.scr, s.dll, s.dlh, s.fcr])
-        n.set("thri-pending", s.thriPending)
-        n.set("rx-fifo", bytes: s.rx)
-        return n
+    public func encode(into n: inout StateNode) {
+        n.set("ier", ier); n.set("lcr", lcr); n.set("mcr", mcr); n.set("lsr", lsr); n.set("msr", msr)
+        n.set("scr", scr); n.set("dll", dll); n.set("dlh", dlh); n.set("fcr", fcr)
+        n.set("thri-pending", thriPending)
+        n.set("rx-fifo", bytes: rx)
     }
 
-    public func restoreState(_ node: StateNode) throws(StateError) {
-        let r = try node.bytes("registers")
-        guard r.count == 9 else { throw .badSize(node: stateName, property: "registers", expected: 9, got: r.count) }
-        let rx = try node.bytes("rx-fifo")
-        guard rx.count <= Self.rxCapacity else { throw .invalid(node: stateName, reason: "rx FIFO holds \(rx.count) bytes, more than \(Self.rxCapacity)") }
-        var s = State()
-        s.ier = r[0]; s.lcr = r[1]; s.mcr = r[2]; s.lsr = r[3]; s.msr = r[4]; s.scr = r[5]
-        s.dll = r[6]; s.dlh = r[7]; s.fcr = r[8]
-        s.thriPending = try node.bool("thri-pending")
-        s.rx = rx
-        restore(s)
+    public init(decoding n: StateNode, version: UInt32) throws(StateError) {
+        self.init()
+        ier = try n.integer("ier"); lcr = try n.integer("lcr"); mcr = try n.integer("mcr")
+        lsr = try n.integer("lsr"); msr = try n.integer("msr"); scr = try n.integer("scr")
+        dll = try n.integer("dll"); dlh = try n.integer("dlh"); fcr = try n.integer("fcr")
+        thriPending = try n.bool("thri-pending")
+        rx = try n.bytes("rx-fifo")
+        guard rx.count <= Serial.rxCapacity else {
+            throw .invalid(node: n.name, reason: "rx FIFO holds \(rx.count) bytes, more than \(Serial.rxCapacity)")
+        }
+        guard ier & ~0x0f == 0, mcr & ~0x1f == 0 else {
+            throw .invalid(node: n.name, reason: "IER 0x\(String(ier, radix: 16)) or MCR 0x\(String(mcr, radix: 16)) has bits a 16550A does not have")
+        }
+    }
+}
+
+extension Serial: MigratableDevice {
+    public var stateName: String { "serial@3f8" }
+    public var kind: DeviceKind { .serial }
+    public func quiesce() {}
+    public func unquiesce() {}
+    public func saveState() -> State { currentState }
+    public func validate(_ state: State) throws(StateError) {
+        guard state.rx.count <= Self.rxCapacity else {
+            throw .invalid(node: stateName, reason: "rx FIFO holds \(state.rx.count) bytes, more than \(Self.rxCapacity)")
+        }
+    }
+    public func restoreState(_ state: State) throws(StateError) {
+        try validate(state)
+        apply(state)
     }
 }

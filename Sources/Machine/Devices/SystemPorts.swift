@@ -7,6 +7,8 @@ public enum GuestStopRequest: Sendable, Equatable {
     case debugExit(value: UInt32)
     /// i8042 reset line or a reboot request: the VMM exits 0.
     case reset
+    /// The guest powered the machine off (a KVM shutdown system event): the VMM exits 0.
+    case powerOff
 }
 
 /// Receives stop requests from devices.

@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 import Glibc
 
 /// An owned, non-blocking Linux eventfd: a counter one thread signals and another waits on.
@@ -6,8 +6,8 @@ public final class EventFD: Sendable {
     public let fd: Int32
 
     public init() throws(VirtioError) {
-        let fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-        guard fd >= 0 else { throw .system("eventfd", errno: errno) }
+        let fd = clinux_eventfd()
+        guard fd >= 0 else { throw .system("eventfd", errno: -fd) }
         self.fd = fd
     }
 

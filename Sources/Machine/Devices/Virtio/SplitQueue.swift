@@ -1,4 +1,4 @@
-import CKVM
+import CLinux
 
 /// One buffer of a descriptor chain, already checked to lie entirely in guest RAM.
 public struct VirtioSegment: Sendable, Equatable {
@@ -156,19 +156,9 @@ public struct SplitQueue: Sendable, Equatable {
     /// avail.idx, read with acquire ordering (everything the driver wrote before it is visible).
     public func availIndex(in memory: GuestMemory) -> UInt16? {
         guard let p = memory.pointer(address(availRing, 2), length: 2) else { return nil }
-        return UInt16(littleEndian: ckvm_load_acquire16(p.assumingMemoryBound(to: UInt16.self)))
+        return UInt16(littleEndian: clinux_load_acquire16(p.assumingMemoryBound(to: UInt16.self)))
     }
 
-    /// The published used.idx.
-    public func usedIndex(in memory: GuestMemory) -> UInt16? {
-        try? memory.load(UInt16.self, at: address(usedRing, 2))
-    }
-
-    /// Requests made available and not yet taken, or nil when the ring is unreadable.
-    public func pendingCount(in memory: GuestMemory) -> UInt16? {
-        guard ready, let a = availIndex(in: memory) else { return nil }
-        return a &- nextAvail
-    }
 
     // MARK: taking requests
 
@@ -195,6 +185,16 @@ public struct SplitQueue: Sendable, Equatable {
     /// Gives back the last `count` requests taken and not yet used (they will be taken again).
     public mutating func unpop(_ count: UInt16) { nextAvail &-= count }
 
+    /// Descriptor `index` of the table at `table`: address, length, flags, next.
+    private static func descriptor(_ memory: GuestMemory, _ table: GuestAddress, _ index: UInt32) -> (UInt64, UInt32, UInt16, UInt16)? {
+        let at = GuestAddress(table.raw &+ UInt64(index) * descriptorSize)
+        guard let p = memory.pointer(at, length: descriptorSize) else { return nil }
+        return (UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)),
+                UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+                UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self)),
+                UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self)))
+    }
+
     /// Follows the chain starting at `head`, through at most one indirect table. A bad buffer
     /// (outside RAM, wrong order, too much in total) fails the chain but the walk goes on to
     /// find its last buffer, returned with the failure when it is a writable buffer in RAM.
@@ -215,12 +215,7 @@ public struct SplitQueue: Sendable, Equatable {
             guard budget > 0 else { return (.failure(.chainTooLong(head: head)), nil) }
             budget -= 1
             guard index < tableSize else { return (.failure(.descriptorIndexOutOfRange(UInt16(truncatingIfNeeded: index))), nil) }
-            let at = GuestAddress(table.raw &+ UInt64(index) * descriptorSize)
-            guard let p = memory.pointer(at, length: descriptorSize) else { return (.failure(.ringOutsideRAM), nil) }
-            let addr = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
-            let len = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
-            let flags = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
-            let next = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+            guard let (addr, len, flags, next) = descriptor(memory, table, index) else { return (.failure(.ringOutsideRAM), nil) }
             if flags & VirtioSpec.DescriptorFlag.indirect != 0 {
                 guard !inIndirect else { return (.failure(.nestedIndirect), nil) }
                 guard flags & VirtioSpec.DescriptorFlag.next == 0 else { return (.failure(.indirectWithNext), nil) }
@@ -277,7 +272,7 @@ public struct SplitQueue: Sendable, Equatable {
         e.storeBytes(of: length.littleEndian, toByteOffset: 4, as: UInt32.self)
         memory.markDirty(elem, length: 8)
         nextUsed &+= 1
-        ckvm_store_release16(idx.assumingMemoryBound(to: UInt16.self), nextUsed.littleEndian)
+        clinux_store_release16(idx.assumingMemoryBound(to: UInt16.self), nextUsed.littleEndian)
         memory.markDirty(address(usedRing, 2), length: 2)
     }
 
@@ -285,7 +280,7 @@ public struct SplitQueue: Sendable, Equatable {
     /// (avail.flags without EVENT_IDX, used_event with it). Records the notification.
     public mutating func needsNotification(_ memory: GuestMemory) -> Bool {
         guard ready, size > 0 else { return false }
-        ckvm_fence()
+        clinux_fence()
         if eventIdx {
             let new = nextUsed
             let old = signalledUsed
@@ -306,7 +301,7 @@ public struct SplitQueue: Sendable, Equatable {
         if eventIdx {
             try? memory.store(nextAvail, at: address(usedRing, 4 + 8 * UInt64(size)))
         }
-        ckvm_fence()
+        clinux_fence()
         guard let a = availIndex(in: memory) else { return false }
         return a != nextAvail
     }

@@ -3,10 +3,10 @@ import Glibc
 
 /// A virtio-blk disk over a raw image file (or block device): IN, OUT, FLUSH (`fdatasync`) and
 /// GET_ID (the volume name), served on the device's worker thread with pread/pwrite.
-public final class VirtioBlock: VirtioMMIODevice, VolumeBackedDevice, @unchecked Sendable {
+public final class VirtioBlock: VirtioDevice {
     /// What migrates besides the transport: the volume (the target maps it to its own path),
     /// its size and whether it is read-only.
-    public struct State: Sendable, Equatable {
+    public struct State: ComponentState {
         public var volume: String
         /// Size in 512-byte sectors.
         public var capacity: UInt64
@@ -14,7 +14,24 @@ public final class VirtioBlock: VirtioMMIODevice, VolumeBackedDevice, @unchecked
         public init(volume: String, capacity: UInt64, readonly: Bool) {
             self.volume = volume; self.capacity = capacity; self.readonly = readonly
         }
+
+        public static var version: UInt32 { 1 }
+
+        public func encode(into n: inout StateNode) {
+            n.set("volume", string: volume)
+            n.set("capacity", capacity)
+            n.set("readonly", readonly)
+        }
+
+        public init(decoding n: StateNode, version: UInt32) throws(StateError) {
+            volume = try n.string("volume")
+            capacity = try n.integer("capacity")
+            readonly = try n.bool("readonly")
+        }
     }
+
+    public static var typeName: String { "virtio-blk" }
+    public static var kind: DeviceKind { .virtioBlock }
 
     public static let sectorSize: UInt64 = 512
     public static let queueSize: UInt16 = 256
@@ -51,12 +68,17 @@ public final class VirtioBlock: VirtioMMIODevice, VolumeBackedDevice, @unchecked
     public let readonly: Bool
     /// Size in 512-byte sectors.
     public let capacity: UInt64
+    public let features: UInt64
+    let memory: GuestMemory
     private let fd: Int32
 
-    /// Opens `path` (read-only with `readonly`) and builds the device at `base`. The image must
-    /// be a non-empty multiple of 512 bytes.
-    public init(path: String, volume: String, readonly: Bool, memory: GuestMemory, base: GuestAddress,
-                interrupt: any VirtioInterrupt) throws(VirtioError) {
+    public var deviceID: UInt32 { VirtioSpec.DeviceID.block }
+    public var queueSizes: [UInt16] { [Self.queueSize] }
+    public var maxChainBytes: UInt64 { Self.maxRequestBytes }
+    public var volumeName: String? { volume }
+
+    /// Opens `path` (read-only with `readonly`). The image must be a non-empty multiple of 512 bytes.
+    public init(path: String, volume: String, readonly: Bool, memory: GuestMemory) throws(VirtioError) {
         let fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard fd >= 0 else {
             let e = errno
@@ -81,31 +103,17 @@ public final class VirtioBlock: VirtioMMIODevice, VolumeBackedDevice, @unchecked
         self.volume = volume
         self.readonly = readonly
         self.capacity = size / Self.sectorSize
+        self.memory = memory
         var features = VirtioSpec.Feature.version1 | VirtioSpec.Feature.ringEventIdx | VirtioSpec.Feature.ringIndirectDesc
             | Feature.sizeMax | Feature.segMax | Feature.blockSize | Feature.flush
         if readonly { features |= Feature.readOnly }
-        do {
-            try super.init(base: base, memory: memory, interrupt: interrupt, deviceID: VirtioSpec.DeviceID.block,
-                           features: features, queueSizes: [Self.queueSize], maxChainBytes: Self.maxRequestBytes)
-        } catch {
-            close(fd)
-            throw error
-        }
-        startWorker()
+        self.features = features
     }
 
     deinit { close(fd) }
 
-    override var typeName: String { "virtio-blk" }
-
-    /// The device-specific state.
-    public var state: State { State(volume: volume, capacity: capacity, readonly: readonly) }
-
-    /// The volume name (what a migration target maps to its own image).
-    public var volumeName: String { volume }
-
     /// capacity, size_max, seg_max, geometry, blk_size, then zeros (topology, writeback, …).
-    override func deviceConfig() -> [UInt8] {
+    public func configSpace() -> [UInt8] {
         var c = [UInt8](repeating: 0, count: 64)
         func put<T: FixedWidthInteger>(_ v: T, at offset: Int) {
             withUnsafeBytes(of: v.littleEndian) { for (i, b) in $0.enumerated() { c[offset + i] = b } }
@@ -119,28 +127,25 @@ public final class VirtioBlock: VirtioMMIODevice, VolumeBackedDevice, @unchecked
 
     // MARK: requests
 
-    override func deviceWork(_ wake: WakeReason) {
+    public func reset() {}
+
+    public func work(_ wake: VirtioWakeReason, _ queues: any VirtioQueues) {
         guard wake.queue(0) else { return }
         repeat {
-            var batch: [Request] = []
-            while batch.count < 32, let r = nextRequest(0) { batch.append(r) }
+            var batch: [VirtioRequest] = []
+            while batch.count < 32, let r = queues.next(0) { batch.append(r) }
             if !batch.isEmpty {
-                // Do the I/O without the lock: the vCPUs may read registers meanwhile; a reset
-                // or quiesce waits for `inFlight` to drop to 0.
-                inFlight += batch.count
-                lock.unlock()
-                let results = batch.map { execute($0) }
-                lock.lock()
-                for (head, length) in results { complete(0, head: head, length: length) }
-                inFlight -= batch.count
-                lock.broadcast()
-                notifyUsed(0)
+                // The I/O runs with the transport unlocked: vCPUs may read registers meanwhile;
+                // a reset or quiesce waits for these requests.
+                let results = queues.unlocked(requests: batch.count) { batch.map { execute($0) } }
+                for (head, length) in results { queues.complete(0, head: head, length: length) }
+                queues.notifyUsed(0)
             }
-        } while moreAvailable(0)
+        } while queues.moreAvailable(0)
     }
 
     /// Serves one request; returns the head and how many bytes the device wrote into it.
-    func execute(_ request: Request) -> (UInt16, UInt32) {
+    func execute(_ request: VirtioRequest) -> (UInt16, UInt32) {
         let chain: DescriptorChain
         switch request {
         case .chain(let c): chain = c
@@ -246,25 +251,31 @@ public final class VirtioBlock: VirtioMMIODevice, VolumeBackedDevice, @unchecked
 
     // MARK: state
 
-    override func deviceSaveState() -> StateNode {
-        var n = StateNode(name: "device")
-        n.set("volume", string: volume)
-        n.set("capacity", capacity)
-        n.set("readonly", readonly)
-        return n
+    public func saveState() -> State { State(volume: volume, capacity: capacity, readonly: readonly) }
+
+    public func validate(_ s: State) throws(StateError) {
+        let name = "\(Self.typeName) volume '\(volume)'"
+        guard s.volume == volume else { throw .invalid(node: name, reason: "state is for volume '\(s.volume)'") }
+        guard s.capacity == capacity else {
+            throw .invalid(node: name, reason: "volume had \(s.capacity) sectors, the image here has \(capacity)")
+        }
+        guard s.readonly == readonly else {
+            throw .invalid(node: name, reason: "volume was \(s.readonly ? "read-only" : "writable"), here it is \(readonly ? "read-only" : "writable")")
+        }
     }
 
-    override func deviceValidateState(_ node: StateNode) throws(StateError) -> () -> Void {
-        let v = try node.string("volume")
-        let c: UInt64 = try node.integer("capacity")
-        let ro = try node.bool("readonly")
-        guard v == volume else { throw .invalid(node: stateName, reason: "state is for volume '\(v)', this disk is '\(volume)'") }
-        guard c == capacity else {
-            throw .invalid(node: stateName, reason: "volume '\(v)' had \(c) sectors, the image here has \(capacity)")
-        }
-        guard ro == readonly else {
-            throw .invalid(node: stateName, reason: "volume '\(v)' was \(ro ? "read-only" : "writable"), here it is \(readonly ? "read-only" : "writable")")
-        }
-        return {}
-    }
+    public func restore(_ state: State) {}
+}
+
+/// A virtio-blk disk on the virtio-mmio transport.
+public typealias VirtioBlockDevice = VirtioMMIODevice<VirtioBlock>
+
+extension VirtioMMIODevice where Device == VirtioBlock {
+    /// The volume name (what a migration target maps to its own image).
+    public var volume: String { device.volume }
+    /// Host path of the image.
+    public var path: String { device.path }
+    public var readonly: Bool { device.readonly }
+    /// Size in 512-byte sectors.
+    public var capacity: UInt64 { device.capacity }
 }

@@ -1,8 +1,9 @@
-/// Writing the transport state down and reading it back, with every value checked: an incoming
-/// state is untrusted (it may come from another host, or be crafted) until it passes here.
+/// Writing the transport state down and reading it back. Reading checks what the bytes alone
+/// can tell; `validate` then checks the state against the device it is meant for and against
+/// guest RAM: an incoming state is untrusted (it may come from another host, or be crafted)
+/// until it passes both.
 extension VirtioMMIOState {
-    func stateNode(name: String) -> StateNode {
-        var n = StateNode(name: name)
+    func encode(into n: inout StateNode) {
         n.set("device-id", deviceID)
         n.set("device-features", deviceFeatures)
         n.set("driver-features", driverFeatures)
@@ -27,19 +28,25 @@ extension VirtioMMIOState {
             c.set("signalled-used", q.signalledUsed ?? 0)
             n.children.append(c)
         }
-        return n
     }
 
-    /// Decodes `node` and checks it against the device it is meant for (`expecting`: device id,
-    /// offered features, queue count and maximum sizes) and against guest RAM.
-    init(node: StateNode, expecting device: VirtioMMIOState, memory: GuestMemory) throws(StateError) {
+    /// Decodes the transport registers and queues of `node`, checking what needs no device:
+    /// known status and interrupt bits, the status machine's order, queue sizes within their
+    /// maxima, at most 16 queues.
+    init(decoding node: StateNode) throws(StateError) {
         typealias S = VirtioSpec.Status
         let name = node.name
         func invalid(_ reason: String) -> StateError { .invalid(node: name, reason: reason) }
-
-        let id: UInt32 = try node.integer("device-id")
-        guard id == device.deviceID else { throw invalid("device id \(id), this device is \(device.deviceID)") }
-        self.init(deviceID: id, deviceFeatures: device.deviceFeatures, queueSizes: device.queues.map { $0.maxSize })
+        let children = node.children.filter { $0.name.hasPrefix("queue@") }
+        guard children.count <= 16 else { throw invalid("\(children.count) queues") }
+        var maxSizes: [UInt16] = []
+        for i in 0..<children.count {
+            guard let c = node.child("queue@\(i)") else { throw StateError.missing(node: name, property: "queue@\(i)") }
+            let m: UInt16 = try c.integer("max-size")
+            guard m >= 1 && m <= VirtioSpec.maxQueueSize && m & (m - 1) == 0 else { throw invalid("queue \(i): maximum size \(m)") }
+            maxSizes.append(m)
+        }
+        self.init(deviceID: try node.integer("device-id"), deviceFeatures: try node.integer("device-features"), queueSizes: maxSizes)
         driverFeatures = try node.integer("driver-features")
         deviceFeaturesSel = try node.integer("device-features-sel")
         driverFeaturesSel = try node.integer("driver-features-sel")
@@ -47,13 +54,8 @@ extension VirtioMMIOState {
         status = try node.integer("status")
         interruptStatus = try node.integer("interrupt-status")
         configGeneration = try node.integer("config-generation")
-        let offeredThere: UInt64 = try node.integer("device-features")
 
-        let unknown = driverFeatures & ~deviceFeatures
-        guard unknown == 0 else {
-            throw invalid("driver features 0x\(String(driverFeatures, radix: 16)) include 0x\(String(unknown, radix: 16)), which this device does not offer")
-        }
-        guard driverFeatures & ~offeredThere == 0 else { throw invalid("driver features exceed what the source offered") }
+        guard driverFeatures & ~deviceFeatures == 0 else { throw invalid("driver features exceed what the device offered") }
         guard status & ~S.all == 0 else { throw invalid("status 0x\(String(status, radix: 16)) has unknown bits") }
         if status & S.featuresOK != 0 {
             guard driverFeatures & VirtioSpec.Feature.version1 != 0 else { throw invalid("FEATURES_OK without VIRTIO_F_VERSION_1") }
@@ -64,16 +66,10 @@ extension VirtioMMIOState {
         guard interruptStatus & ~(VirtioSpec.Interrupt.usedBuffer | VirtioSpec.Interrupt.configChange) == 0 else {
             throw invalid("interrupt status 0x\(String(interruptStatus, radix: 16)) has unknown bits")
         }
-
-        let children = node.children.filter { $0.name.hasPrefix("queue@") }
-        guard children.count == device.queues.count else {
-            throw invalid("\(children.count) queues, this device has \(device.queues.count)")
-        }
         let eventIdx = driverFeatures & VirtioSpec.Feature.ringEventIdx != 0 && status & S.featuresOK != 0
-        for i in 0..<device.queues.count {
+        for i in 0..<maxSizes.count {
             guard let c = node.child("queue@\(i)") else { throw StateError.missing(node: name, property: "queue@\(i)") }
-            var q = SplitQueue(maxSize: device.queues[i].maxSize)
-            let maxThere: UInt16 = try c.integer("max-size")
+            var q = SplitQueue(maxSize: maxSizes[i])
             q.size = try c.integer("size")
             q.ready = try c.bool("ready")
             q.descTable = GuestAddress(try c.integer("desc"))
@@ -85,13 +81,9 @@ extension VirtioMMIOState {
             let signalledValid = try c.bool("signalled-used-valid")
             let signalled: UInt16 = try c.integer("signalled-used")
             q.signalledUsed = signalledValid ? signalled : nil
-
-            guard q.size <= q.maxSize else {
-                throw invalid("queue \(i): size \(q.size) exceeds this device's maximum \(q.maxSize) (source maximum \(maxThere))")
-            }
+            guard q.size <= q.maxSize else { throw invalid("queue \(i): size \(q.size) exceeds its maximum \(q.maxSize)") }
             if q.ready {
                 guard status & S.featuresOK != 0 else { throw invalid("queue \(i) is ready before FEATURES_OK") }
-                if let problem = q.configurationProblem(in: memory) { throw invalid("queue \(i): \(problem)") }
                 guard q.nextAvail &- q.nextUsed <= q.size else {
                     throw invalid("queue \(i): \(q.nextAvail &- q.nextUsed) requests in flight, more than the queue size \(q.size)")
                 }
@@ -99,5 +91,34 @@ extension VirtioMMIOState {
             }
             queues[i] = q
         }
+    }
+
+    /// Checks a decoded state against the device it is for (`device`: device id, offered
+    /// features, queue count and maximum sizes) and against guest RAM.
+    func validate(name: String, against device: VirtioMMIOState, memory: GuestMemory) throws(StateError) {
+        func invalid(_ reason: String) -> StateError { .invalid(node: name, reason: reason) }
+        guard deviceID == device.deviceID else { throw invalid("device id \(deviceID), this device is \(device.deviceID)") }
+        let unknown = driverFeatures & ~device.deviceFeatures
+        guard unknown == 0 else {
+            throw invalid("driver features 0x\(String(driverFeatures, radix: 16)) include 0x\(String(unknown, radix: 16)), which this device does not offer")
+        }
+        guard queues.count == device.queues.count else {
+            throw invalid("\(queues.count) queues, this device has \(device.queues.count)")
+        }
+        for (i, q) in queues.enumerated() {
+            let mine = device.queues[i].maxSize
+            guard q.size <= mine else {
+                throw invalid("queue \(i): size \(q.size) exceeds this device's maximum \(mine) (source maximum \(q.maxSize))")
+            }
+            if q.ready, let problem = q.configurationProblem(in: memory) { throw invalid("queue \(i): \(problem)") }
+        }
+    }
+
+    /// This state with the queue maxima and offered features of the device it is loaded into.
+    func adopted(by device: VirtioMMIOState) -> VirtioMMIOState {
+        var s = self
+        s.deviceFeatures = device.deviceFeatures
+        for i in s.queues.indices where i < device.queues.count { s.queues[i].maxSize = device.queues[i].maxSize }
+        return s
     }
 }

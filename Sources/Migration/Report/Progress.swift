@@ -1,0 +1,114 @@
+import Foundation
+import Synchronization
+
+/// Phases of a migration, as `status` prints them.
+public enum MigrationPhase: String, Sendable {
+    case idle, setup, precopy = "pre-copy", stopAndCopy = "stop-and-copy", handoff = "hand-off"
+    case completed, failed, cancelled
+    case waiting = "waiting"      // target: listening for a source
+    case receiving                // target: pages arriving
+}
+
+/// Figures of one pre-copy round.
+public struct RoundStats: Sendable {
+    public var round: Int
+    public var dirtyPages: Int
+    public var dataPages: Int
+    public var zeroPages: Int
+    public var wireBytes: UInt64
+    public var rawBytes: UInt64
+    public var durationMs: Double
+    public var dirtyPagesPerSecond: Double
+    public var bandwidthBytesPerSecond: Double
+    public var throttlePercent: Int
+
+    public var json: [String: Any] {
+        ["round": round, "dirty_pages": dirtyPages, "pages_sent": dataPages, "zero_pages": zeroPages,
+         "bytes_on_wire": wireBytes, "raw_bytes": rawBytes, "duration_ms": durationMs.rounded3,
+         "dirty_pages_per_s": dirtyPagesPerSecond.rounded(), "bandwidth_MBps": (bandwidthBytesPerSecond / 1e6).rounded3,
+         "throttle_percent": throttlePercent]
+    }
+}
+
+extension Double {
+    var rounded3: Double { (self * 1000).rounded() / 1000 }
+}
+
+/// Live progress of a migration, shared between the migration thread and `status`.
+public struct MigrationProgress: Sendable {
+    public var phase: MigrationPhase = .idle
+    public var round = 0
+    public var memoryBytes: UInt64 = 0
+    /// Bytes of guest memory accounted for in round 0 (sent, zero, or never touched).
+    public var memoryCovered: UInt64 = 0
+    public var wireBytes: UInt64 = 0
+    public var rateBytesPerSecond: Double = 0
+    public var dirtyPagesPerSecond: Double = 0
+    public var predictedDowntimeMs: Double = 0
+    public var throttlePercent = 0
+    public var remainingDirtyPages = 0
+    public var startedAt = Date()
+    public var error: String?
+    public var peer = ""
+
+    public var percent: Double {
+        memoryBytes == 0 ? 0 : min(100, Double(memoryCovered) * 100 / Double(memoryBytes))
+    }
+
+    public var json: [String: Any] {
+        var d: [String: Any] = [
+            "phase": phase.rawValue, "round": round, "memory_bytes": memoryBytes, "percent": percent.rounded3,
+            "bytes_on_wire": wireBytes, "rate_MBps": (rateBytesPerSecond / 1e6).rounded3,
+            "dirty_pages_per_s": dirtyPagesPerSecond.rounded(), "predicted_downtime_ms": predictedDowntimeMs.rounded3,
+            "throttle_percent": throttlePercent, "remaining_dirty_pages": remainingDirtyPages,
+            "elapsed_s": Date().timeIntervalSince(startedAt).rounded3, "peer": peer,
+        ]
+        if let e = error { d["error"] = e }
+        return d
+    }
+}
+
+/// A `MigrationProgress` behind a lock.
+public final class ProgressBox: Sendable {
+    private let value = Mutex(MigrationProgress())
+    public init() {}
+    public func update(_ body: (inout MigrationProgress) -> Void) { value.withLock { body(&$0) } }
+    public var snapshot: MigrationProgress { value.withLock { $0 } }
+}
+
+/// The `--report` of a finished migration.
+public struct MigrationReport: Sendable {
+    public var setupMs: Double = 0
+    public var totalMs: Double = 0
+    /// Source pause → target resume, from both sides' wall clocks.
+    public var downtimeMs: Double = 0
+    /// Source pause → the target's "running" acknowledgement arriving (source clock only).
+    public var downtimeAckMs: Double = 0
+    public var stateBytes = 0
+    public var stateMs: Double = 0
+    public var rounds: [RoundStats] = []
+    public var finalPages = 0
+    public var memoryBytes: UInt64 = 0
+    public var compression = "lz4"
+    public var endpoint = ""
+    public var maxThrottle = 0
+    /// When the source paused the guest: wall clock (compared with the target's) and monotonic.
+    var pausedAtWallNs: UInt64 = 0
+    var pausedAtMonotonic: Double = 0
+
+    public var wireBytes: UInt64 { rounds.reduce(0) { $0 + $1.wireBytes } }
+    public var rawBytes: UInt64 { rounds.reduce(0) { $0 + $1.rawBytes } }
+    public var zeroPages: Int { rounds.reduce(0) { $0 + $1.zeroPages } }
+    public var dataPages: Int { rounds.reduce(0) { $0 + $1.dataPages } }
+
+    public var json: [String: Any] {
+        ["setup_ms": setupMs.rounded3, "total_ms": totalMs.rounded3, "downtime_ms": downtimeMs.rounded3,
+         "downtime_ack_ms": downtimeAckMs.rounded3, "state_bytes": stateBytes, "state_ms": stateMs.rounded3,
+         "memory_bytes": memoryBytes, "bytes_on_wire": wireBytes, "raw_page_bytes": rawBytes,
+         "pages_sent": dataPages, "zero_pages": zeroPages,
+         "compression": compression,
+         "compression_ratio": wireBytes == 0 ? 1 : (Double(rawBytes) / Double(wireBytes)).rounded3,
+         "max_throttle_percent": maxThrottle, "endpoint": endpoint,
+         "rounds": rounds.map(\.json)]
+    }
+}

@@ -1,0 +1,149 @@
+import Foundation
+import Machine
+
+/// How `send` migrates.
+public struct SendOptions: Sendable {
+    public var endpoint: Endpoint
+    /// Switch to stop-and-copy when the predicted downtime is within this.
+    public var downtimeMs: Double = 50
+    /// Bytes per second on the wire during pre-copy (nil = unlimited).
+    public var maxBandwidth: Double?
+    public var compression: Compression = .lz4
+    /// Give up (the guest stays on the source) after this many seconds.
+    public var maxTime: Double?
+    public var autoConverge = true
+    public var key: [UInt8]?
+    /// The stream version announced (tests use it to simulate an incompatible peer).
+    public var streamVersion: UInt32 = Wire.streamVersion
+    /// Test hook: stay paused this long in stop-and-copy before committing (cancel still works).
+    public var holdBeforeCommitMs: Double = 0
+
+    public init(endpoint: Endpoint) { self.endpoint = endpoint }
+}
+
+/// The sending side of a live migration. `run()` blocks until the guest runs on the target
+/// (the local machine is then stopped with `.migrated`) or the migration failed (the guest
+/// runs here as before).
+///
+/// Phases (`SourcePhases.swift`): connect and authenticate → pre-check → pre-copy →
+/// stop-and-copy → hand-off. After the final pages and the machine state, the target loads
+/// everything and answers `ready`; the source then sends `go` — its commit point, after which
+/// it never resumes the guest — and the target resumes and answers `running`. Before `go` any
+/// failure rolls every phase back (the guest runs here, unharmed) and the target discards
+/// everything; so exactly one copy runs.
+public final class MigrationSource: @unchecked Sendable {
+    let vm: VM
+    let options: SendOptions
+    public let progress = ProgressBox()
+    public let uuid: String
+    private let cancellation = Cancellation()
+
+    public init(vm: VM, options: SendOptions, uuid: String = UUID().uuidString.lowercased()) {
+        self.vm = vm
+        self.options = options
+        self.uuid = uuid
+    }
+
+    /// Asks the migration to stop before commit; the guest keeps running here. A handshake or
+    /// hand-off blocked on the peer is interrupted at once; pre-copy notices between batches
+    /// and tells the target politely.
+    public func cancel(_ reason: String = "migration cancelled") {
+        let phase = progress.snapshot.phase
+        cancellation.cancel(reason, interrupt: phase == .setup || phase == .handoff || phase == .idle)
+    }
+
+    public func run() throws -> MigrationReport {
+        progress.update {
+            $0 = MigrationProgress()
+            $0.phase = .setup
+            $0.memoryBytes = vm.memory.totalSize
+            $0.peer = options.endpoint.description
+        }
+        let session = SourceSession(vm: vm, options: options, uuid: uuid, progress: progress, cancellation: cancellation)
+        var runner = PhaseRunner(session: session, progress: progress, committed: { session.committed })
+        do {
+            try runner.run(SourceConnect())
+            try runner.run(SourcePreCheck())
+            try runner.run(SourcePreCopy())
+            try runner.run(SourceStopAndCopy())
+            try runner.run(SourceHandOff())
+            progress.update { $0.phase = .completed; $0.predictedDowntimeMs = session.report.downtimeMs }
+            return session.report
+        } catch {
+            let error = cancellation.explain(error)
+            let cancelled = (error as? MigrationError)?.isCancellation == true
+            if !session.committed, let conn = session.connection {
+                try? conn.send(CancelNotice(desc: cancelled ? "migration cancelled on the source" : "source aborted: \(error)"))
+            }
+            runner.rollBack()
+            session.connection?.close()
+            progress.update { $0.phase = cancelled ? .cancelled : .failed; $0.error = "\(error)"; $0.throttlePercent = 0 }
+            throw error
+        }
+    }
+}
+
+/// What the source's phases share.
+final class SourceSession {
+    let vm: VM
+    let options: SendOptions
+    let uuid: String
+    let progress: ProgressBox
+    let cancellation: Cancellation
+    let started = Clock.monotonic()
+    var connection: Connection?
+    var report = MigrationReport()
+    /// `go` was sent: from here on nothing is rolled back.
+    var committed = false
+    var policy: ConvergencePolicy
+    let limiter: RateLimiter
+    var encoder: PageEncoder?
+    /// Pages collected in the last pre-copy round and not yet sent, per RAM region.
+    var pending: [[UInt64]] = []
+    var round = 0
+    var roundStart = Clock.monotonic()
+
+    init(vm: VM, options: SendOptions, uuid: String, progress: ProgressBox, cancellation: Cancellation) {
+        self.vm = vm
+        self.options = options
+        self.uuid = uuid
+        self.progress = progress
+        self.cancellation = cancellation
+        self.policy = ConvergencePolicy(downtimeTargetMs: options.downtimeMs, autoConverge: options.autoConverge,
+                                        maxBandwidth: options.maxBandwidth)
+        self.limiter = RateLimiter(bytesPerSecond: options.maxBandwidth)
+        report.compression = options.compression.rawValue
+        report.memoryBytes = vm.memory.totalSize
+        report.endpoint = options.endpoint.description
+    }
+
+    func conn() throws -> Connection {
+        guard let c = connection else { throw MigrationError.connection("not connected") }
+        return c
+    }
+
+    /// Ends a round: the target acknowledges once every page is in place (compressed pages
+    /// are so small that socket buffers could otherwise hide seconds of its work), and the
+    /// round's figures go into the report, the policy and the target's status.
+    func finishRound(dirty: Int, dirtyRate: Double) throws {
+        let c = try conn()
+        try c.send(RoundEnd(round: round))
+        _ = try c.expect(RoundAck.self)
+        guard let encoder else { return }
+        let counters = encoder.counters
+        let secs = max(Clock.monotonic() - roundStart, 1e-6)
+        let stats = RoundStats(round: round, dirtyPages: dirty, dataPages: counters.dataPages, zeroPages: counters.zeroPages,
+                               wireBytes: counters.wireBytes, rawBytes: counters.rawBytes, durationMs: secs * 1000,
+                               dirtyPagesPerSecond: dirtyRate, bandwidthBytesPerSecond: Double(counters.wireBytes) / secs,
+                               throttlePercent: vm.throttlePercent)
+        report.rounds.append(stats)
+        policy.record(stats)
+        try c.send(RoundProgress(round: round, dirtyPagesPerS: dirtyRate.rounded(), bandwidthMBps: (stats.bandwidthBytesPerSecond / 1e6).rounded3,
+                                 throttlePercent: stats.throttlePercent), optional: true)
+        encoder.resetCounters()
+    }
+}
+
+extension MigrationError {
+    var isCancellation: Bool { if case .cancelled = self { return true }; return false }
+}

@@ -1,0 +1,211 @@
+import Glibc
+import Machine
+
+/// Connect to the target and run the handshake.
+final class SourceConnect: MigrationStep {
+    var phase: MigrationPhase { .setup }
+
+    func run(_ s: SourceSession) throws {
+        let conn = Connection(fd: try Transport.connect(s.options.endpoint))
+        s.connection = conn
+        s.cancellation.attach(conn)
+        try s.cancellation.check()
+        let hello = Hello(streamVersion: s.options.streamVersion, vmmVersion: SwiftVMMVersion.string,
+                          name: s.vm.config.name, uuid: s.uuid, nonce: "", hasKey: false)
+        _ = try Handshake.initiate(conn, hello: hello, key: s.options.key)
+    }
+}
+
+/// Send the machine's description; the target checks it can host the guest and builds it.
+final class SourcePreCheck: MigrationStep {
+    var phase: MigrationPhase { .setup }
+
+    func run(_ s: SourceSession) throws {
+        let conn = try s.conn()
+        let description = MachineDescription.of(s.vm, uuid: s.uuid)
+        try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
+        _ = try conn.expect(Accept.self)
+        try s.cancellation.check()
+        s.report.setupMs = (Clock.monotonic() - s.started) * 1000
+    }
+}
+
+/// Dirty logging on; round 0 sends every page the host ever backed; later rounds send what
+/// the guest (and the devices) wrote since the previous one, until the policy says the rest
+/// fits in the downtime target — or `--max-time` gives up.
+final class SourcePreCopy: MigrationStep {
+    var phase: MigrationPhase { .precopy }
+    private var logging = false
+    private var lastCollect = Clock.monotonic()
+
+    func run(_ s: SourceSession) throws {
+        do { try s.vm.startDirtyLog() } catch { throw MigrationError.machine("cannot start dirty logging: \(error)") }
+        logging = true
+        lastCollect = Clock.monotonic()
+        let conn = try s.conn()
+        let encoder = PageEncoder(memory: s.vm.memory, connection: conn, compression: s.options.compression)
+        s.encoder = encoder
+        var totalWire: UInt64 = 0
+        encoder.afterBatch = { [s] wire in
+            totalWire += UInt64(wire)
+            s.limiter.consume(wire)
+            if conn.hasIncoming() {
+                // Mid-round the target only speaks to report an error or a cancel.
+                let section = try conn.receive()
+                try Connection.raiseIfAbort(section)
+                throw MigrationError.stream("unexpected \(section.type.name) from the target during a round")
+            }
+            try s.cancellation.check()
+            s.progress.update {
+                $0.wireBytes = totalWire
+                if $0.round == 0 { $0.memoryCovered = min($0.memoryBytes, $0.memoryCovered + UInt64(PageBatch.windowPages * PageBatch.pageSize)) }
+            }
+        }
+        // Round 0: every page the host ever backed; untouched pages are zero on both sides.
+        s.roundStart = Clock.monotonic()
+        s.limiter.reset()
+        for region in s.vm.memory.regions {
+            try encoder.send(region: region, bitmap: nil, resident: region.residentPages())
+        }
+        try s.finishRound(dirty: 0, dirtyRate: 0)
+        s.progress.update { $0.memoryCovered = $0.memoryBytes; $0.round = 1 }
+        s.pending = s.vm.memory.regions.map { [UInt64](repeating: 0, count: $0.bitmapWords) }
+        s.round = 1
+        while try nextRound(s) {}
+    }
+
+    /// Collects the dirty set and sends it as a round; false once it is time to stop and copy.
+    private func nextRound(_ s: SourceSession) throws -> Bool {
+        try s.cancellation.check()
+        try checkMaxTime(s)
+        var dirty = 0
+        for (i, region) in s.vm.memory.regions.enumerated() {
+            for w in s.pending[i].indices { s.pending[i][w] = 0 }
+            do { dirty += try s.vm.collectDirty(region, into: &s.pending[i]) } catch {
+                throw MigrationError.machine("cannot read the dirty log: \(error)")
+            }
+        }
+        let now = Clock.monotonic()
+        let dirtyRate = Double(dirty) / max(now - lastCollect, 1e-6)
+        lastCollect = now
+        let (predicted, decision) = s.policy.decide(dirtyPages: dirty, round: s.round, throttle: s.vm.throttlePercent)
+        s.progress.update {
+            $0.round = s.round
+            $0.dirtyPagesPerSecond = dirtyRate
+            $0.rateBytesPerSecond = s.policy.bandwidth
+            $0.predictedDowntimeMs = predicted
+            $0.remainingDirtyPages = dirty
+        }
+        guard case .nextRound(let throttle) = decision else { return false }
+        if let t = throttle {
+            s.vm.setThrottle(percent: t)
+            s.report.maxThrottle = max(s.report.maxThrottle, t)
+            s.progress.update { $0.throttlePercent = t }
+        }
+        s.roundStart = Clock.monotonic()
+        guard let encoder = s.encoder else { return false }
+        for (i, region) in s.vm.memory.regions.enumerated() {
+            try encoder.send(region: region, bitmap: s.pending[i])
+        }
+        try s.finishRound(dirty: dirty, dirtyRate: dirtyRate)
+        s.round += 1
+        return true
+    }
+
+    private func checkMaxTime(_ s: SourceSession) throws {
+        guard let maxTime = s.options.maxTime, Clock.monotonic() - s.started > maxTime else { return }
+        let p = s.progress.snapshot
+        throw MigrationError.timeout(String(format: "did not converge within --max-time %gs: guest dirties %.0f pages/s (%.1f MB/s), link carries %.1f MB/s; the guest keeps running on the source",
+                                            maxTime, p.dirtyPagesPerSecond, p.dirtyPagesPerSecond * 4096 / 1e6, p.rateBytesPerSecond / 1e6))
+    }
+
+    func rollback(_ s: SourceSession) {
+        if logging { s.vm.stopDirtyLog() }
+        s.vm.setThrottle(percent: 0)
+    }
+}
+
+/// Pause the guest at a safe point, drain the devices, send the last dirty pages and the
+/// machine state, and wait until the target has loaded it.
+final class SourceStopAndCopy: MigrationStep {
+    var phase: MigrationPhase { .stopAndCopy }
+    private var paused = false
+
+    func run(_ s: SourceSession) throws {
+        try s.cancellation.check()
+        s.report.pausedAtWallNs = Clock.wallNanos()
+        s.report.pausedAtMonotonic = Clock.monotonic()
+        guard s.vm.pause() else { throw MigrationError.machine("the guest stopped during migration") }
+        paused = true
+        s.vm.devices.quiesce()
+        s.limiter.disable()
+        guard let encoder = s.encoder else { throw MigrationError.machine("stop-and-copy without pre-copy") }
+        encoder.memoryIsStable = true
+        s.roundStart = Clock.monotonic()
+        var finalDirty = 0
+        for (i, region) in s.vm.memory.regions.enumerated() {
+            var extra = [UInt64](repeating: 0, count: region.bitmapWords)
+            do { _ = try s.vm.collectDirty(region, into: &extra) } catch {
+                throw MigrationError.machine("cannot read the dirty log: \(error)")
+            }
+            for w in extra.indices { s.pending[i][w] |= extra[w]; finalDirty += s.pending[i][w].nonzeroBitCount }
+            try encoder.send(region: region, bitmap: s.pending[i])
+        }
+        s.report.finalPages = finalDirty
+        try s.finishRound(dirty: finalDirty, dirtyRate: 0)
+        let stateStart = Clock.monotonic()
+        let state: StateNode
+        do { state = try s.vm.saveMachineState() } catch { throw MigrationError.machine("saving machine state: \(error)") }
+        let blob = try FDTCodec.encode(state)
+        let conn = try s.conn()
+        try conn.send(.state, bytes: blob)
+        s.report.stateBytes = blob.count
+        _ = try conn.expect(Ready.self)
+        s.report.stateMs = (Clock.monotonic() - stateStart) * 1000
+        try hold(s)
+        try s.cancellation.check()
+    }
+
+    /// Test hook: stay paused before committing, cancellable.
+    private func hold(_ s: SourceSession) throws {
+        guard s.options.holdBeforeCommitMs > 0 else { return }
+        let until = Clock.monotonic() + s.options.holdBeforeCommitMs / 1000
+        while Clock.monotonic() < until {
+            try s.cancellation.check()
+            usleep(10_000)
+        }
+    }
+
+    func rollback(_ s: SourceSession) {
+        guard paused else { return }
+        s.vm.devices.unquiesce()
+        s.vm.resume()
+    }
+}
+
+/// The commit: `go`, then the target's `running`.
+final class SourceHandOff: MigrationStep {
+    var phase: MigrationPhase { .handoff }
+
+    func run(_ s: SourceSession) throws {
+        let conn = try s.conn()
+        try conn.send(Go(pausedAtNs: s.report.pausedAtWallNs))
+        s.committed = true
+        let running: Running
+        do { running = try conn.expect(Running.self) } catch {
+            s.vm.stop(.internalError("migration committed but the target never confirmed it runs the guest (\(error)); the guest may be running on the target"))
+            throw MigrationError.connection("committed, but the target did not confirm it runs the guest: \(error). The source copy is stopped; check the target.")
+        }
+        let ack = Clock.monotonic()
+        let pausedMono = s.report.pausedAtMonotonic
+        if running.resumedAtNs > s.report.pausedAtWallNs {
+            s.report.downtimeMs = Double(running.resumedAtNs - s.report.pausedAtWallNs) / 1e6
+        } else {
+            s.report.downtimeMs = (ack - pausedMono) * 1000
+        }
+        s.report.downtimeAckMs = (ack - pausedMono) * 1000
+        s.report.totalMs = (ack - s.started) * 1000
+        conn.close()
+        s.vm.stop(.migrated)
+    }
+}

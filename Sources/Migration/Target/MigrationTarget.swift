@@ -1,0 +1,176 @@
+import Foundation
+import Glibc
+import Machine
+
+/// How `recv` accepts a migration.
+public struct ReceiveOptions: Sendable {
+    public var endpoint: Endpoint
+    public var key: [UInt8]?
+    /// When set, the incoming guest must have exactly this much memory / this many vCPUs.
+    public var expectMemory: UInt64?
+    public var expectCPUs: Int?
+    /// How the guest's machine is built here (its disks, NICs, serial, withheld CPU features).
+    public var machine: TargetMachineBuilder
+
+    public init(endpoint: Endpoint, machine: TargetMachineBuilder = TargetMachineBuilder()) {
+        self.endpoint = endpoint
+        self.machine = machine
+    }
+}
+
+/// The receiving side: accepts one migration, builds the machine paused, loads memory and
+/// state, and resumes the guest only after the source's `go`.
+///
+/// Phases (`TargetPhases.swift`): accept and authenticate → pre-check and build → receive
+/// memory and state → hand-off. Any failure before `go` tears the half-built machine down:
+/// nothing ever ran here.
+public final class MigrationTarget: @unchecked Sendable {
+    let options: ReceiveOptions
+    public let progress = ProgressBox()
+    private let cancellation = Cancellation(interruptReadsOnly: true)
+    private let listenerLock = NSLock()
+    private var listener: Int32 = -1
+    /// The UNIX socket path this target bound (and so removes), if any.
+    private var boundPath: String?
+    private var session: TargetSession?
+
+    public init(options: ReceiveOptions) {
+        self.options = options
+    }
+
+    deinit { closeListener() }
+
+    /// Wall-clock nanoseconds when the guest resumed here.
+    public var resumedAtNanos: UInt64 { session?.resumedAtNanos ?? 0 }
+    /// The incoming machine's description, once pre-checks passed.
+    public var description: MachineDescription? { session?.description }
+
+    /// Binds the listening socket (fails at once on a busy port or bad path).
+    public func listen() throws {
+        let fd = try Transport.listen(options.endpoint)
+        listenerLock.lock()
+        listener = fd
+        if case .unix(let path) = options.endpoint { boundPath = path }
+        listenerLock.unlock()
+        MessageCodec.warmUp()
+        progress.update { $0.phase = .waiting; $0.peer = options.endpoint.description }
+    }
+
+    func takeListener() -> Int32 {
+        listenerLock.lock(); defer { listenerLock.unlock() }
+        return listener
+    }
+
+    /// Stops listening and removes the socket file this target bound.
+    func closeListener() {
+        listenerLock.lock(); defer { listenerLock.unlock() }
+        if listener >= 0 { close(listener); listener = -1 }
+        if let p = boundPath { unlink(p); boundPath = nil }
+    }
+
+    /// Aborts the receive before the commit; the source resumes its guest.
+    public func cancel(_ reason: String = "migration cancelled on the target") {
+        cancellation.cancel(reason, interrupt: true)
+    }
+
+    /// Receives the guest and returns its machine, running. On failure nothing ran here.
+    public func run() throws -> VM {
+        if takeListener() < 0 { try listen() }
+        let session = TargetSession(target: self, options: options, progress: progress, cancellation: cancellation)
+        self.session = session
+        var runner = PhaseRunner(session: session, progress: progress, committed: { session.resumed })
+        do {
+            try runner.run(TargetAccept())
+            try runner.run(TargetPreCheck())
+            try runner.run(TargetReceive())
+            try runner.run(TargetHandOff())
+            guard let vm = session.vm else { throw MigrationError.machine("no machine after the hand-off") }
+            return vm
+        } catch {
+            let error = cancellation.explain(error)
+            if let conn = session.connection {
+                // Tell the source why, unless the reason came from it.
+                let fromSource: Bool
+                switch error as? MigrationError {
+                case .peer?: fromSource = true
+                case .cancelled?: fromSource = !cancellation.isCancelled
+                default: fromSource = false
+                }
+                if !fromSource { conn.sendError("\(error)") }
+                conn.close()
+            }
+            runner.rollBack()
+            closeListener()
+            progress.update { $0.phase = cancellation.isCancelled ? .cancelled : .failed; $0.error = "\(error)" }
+            throw error
+        }
+    }
+}
+
+/// What the target's phases share.
+final class TargetSession {
+    unowned let target: MigrationTarget
+    let options: ReceiveOptions
+    let progress: ProgressBox
+    let cancellation: Cancellation
+    var connection: Connection?
+    var hello: Hello?
+    var preambleVersion: UInt32 = 0
+    var description: MachineDescription?
+    var vm: VM?
+    var slots: SlotRegistration?
+    /// The guest runs here: nothing is rolled back any more.
+    var resumed = false
+    var resumedAtNanos: UInt64 = 0
+
+    init(target: MigrationTarget, options: ReceiveOptions, progress: ProgressBox, cancellation: Cancellation) {
+        self.target = target
+        self.options = options
+        self.progress = progress
+        self.cancellation = cancellation
+    }
+
+    func conn() throws -> Connection {
+        guard let c = connection else { throw MigrationError.connection("not connected") }
+        return c
+    }
+
+    func machine() throws -> VM {
+        guard let vm else { throw MigrationError.machine("the target machine is not built") }
+        return vm
+    }
+}
+
+/// Registers a machine's memory slots on a background thread: a large slot takes
+/// milliseconds to create, which the first round's pages can hide.
+final class SlotRegistration: @unchecked Sendable {
+    private let done = NSCondition()
+    private var result: Result<Void, VMError>?
+
+    init(vm: VM) {
+        let t = Thread { [self] in
+            let r: Result<Void, VMError>
+            do throws(VMError) { try vm.registerMemorySlots(); r = .success(()) } catch { r = .failure(error) }
+            done.lock(); result = r; done.broadcast(); done.unlock()
+        }
+        t.name = "memslots"
+        t.start()
+    }
+
+    func wait() throws {
+        done.lock()
+        while result == nil { done.wait() }
+        let r = result
+        done.unlock()
+        if case .failure(let e)? = r { throw MigrationError.machine("cannot give guest memory to KVM: \(e)") }
+    }
+}
+
+extension MessageCodec {
+    /// Foundation's JSON machinery costs milliseconds on first use: a target pays that while it
+    /// waits, not in the migration's setup time.
+    static func warmUp() {
+        let hello = Hello(streamVersion: 1, vmmVersion: "", name: "", uuid: "", nonce: "", hasKey: false)
+        _ = try? decode(Hello.self, from: encode(hello))
+    }
+}

@@ -1,0 +1,62 @@
+import Machine
+
+/// Builds, on the target, the machine an incoming guest needs: its memory, vCPUs and CPUID
+/// from the guest's description; each disk from the local file of the same volume name; each
+/// NIC on the next local TAP; serial and name from the local options.
+public struct TargetMachineBuilder: Sendable {
+    /// The received VM's name (nil: the source's).
+    public var name: String?
+    public var serial: any SerialSink
+    /// Local files for the guest's volumes, matched by volume name.
+    public var disks: [DiskConfig]
+    /// Local TAPs for the guest's NICs, in order.
+    public var nics: [NICConfig]
+    public var cpuidDeny: [String]
+    public var kvmDevice: String
+
+    public init(name: String? = nil, serial: any SerialSink = FileDescriptorSink(fd: 1), disks: [DiskConfig] = [],
+                nics: [NICConfig] = [], cpuidDeny: [String] = [], kvmDevice: String = "/dev/kvm") {
+        self.name = name; self.serial = serial; self.disks = disks; self.nics = nics
+        self.cpuidDeny = cpuidDeny; self.kvmDevice = kvmDevice
+    }
+
+    /// The configuration for `desc`, or a refusal naming the first device this host lacks.
+    public func config(for desc: MachineDescription) throws -> VMConfig {
+        var disks: [DiskConfig] = []
+        var nics: [NICConfig] = []
+        for d in desc.devices {
+            switch d.kind {
+            case .virtioBlock:
+                guard let vol = d.volume else { throw MigrationError.refused("the guest's disk \(d.stateName) has no volume name") }
+                guard let local = self.disks.first(where: { $0.volume == vol }) else {
+                    throw MigrationError.refused("volume '\(vol)' is missing on the target: pass --disk vol=\(vol),path=FILE to recv")
+                }
+                disks.append(local)
+            case .virtioNet:
+                guard nics.count < self.nics.count else {
+                    throw MigrationError.refused("the guest has a NIC (\(d.stateName)) but recv has no --net for it")
+                }
+                nics.append(self.nics[nics.count])
+            case .serial:
+                break
+            }
+        }
+        return VMConfig(name: name ?? desc.name, memorySize: desc.memorySize, cpus: desc.cpus, serial: serial,
+                        cpuidDeny: cpuidDeny, kvmDevice: kvmDevice, disks: disks, nics: nics,
+                        cpuidTable: desc.cpuid, deferMemorySlots: true)
+    }
+
+    /// Builds the machine, paused, with guest RAM not yet given to KVM; the device layout must
+    /// come out exactly as the guest's.
+    public func build(_ desc: MachineDescription) throws -> VM {
+        let config = try config(for: desc)
+        let vm: VM
+        do { vm = try VM(config: config) } catch { throw MigrationError.refused("cannot build the machine: \(error)") }
+        let mine = vm.devices.all.map(\.stateName)
+        guard mine == desc.devices.map(\.stateName) else {
+            vm.tearDown(.internalError("device layout differs"))
+            throw MigrationError.refused("device layout differs: the guest has [\(desc.devices.map(\.stateName).joined(separator: ", "))], the target built [\(mine.joined(separator: ", "))]")
+        }
+        return vm
+    }
+}

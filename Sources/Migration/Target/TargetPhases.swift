@@ -1,0 +1,187 @@
+import Foundation
+import Glibc
+import Machine
+
+/// Wait for the one source and run the handshake. A peer that hangs up or is not a swiftvmm
+/// before its hello (a port probe, a health check) is noted and the target keeps waiting.
+final class TargetAccept: MigrationStep {
+    var phase: MigrationPhase { .waiting }
+    /// How long a new connection may take to say hello.
+    static let helloTimeoutSeconds = 10
+
+    func run(_ s: TargetSession) throws {
+        let listener = s.target.takeListener()
+        let tcp: Bool = { if case .tcp = s.options.endpoint { return true }; return false }()
+        while true {
+            guard let fd = try Transport.acceptOne(listener, tcp: tcp, cancelled: { s.cancellation.isCancelled }) else {
+                throw MigrationError.cancelled(s.cancellation.reason ?? "cancelled")
+            }
+            Transport.setReceiveTimeout(fd, seconds: Self.helloTimeoutSeconds)
+            let c = Connection(fd: fd)
+            do {
+                (s.preambleVersion, s.hello) = try Handshake.readHello(c)
+            } catch {
+                FileHandle.standardError.write(Data("swiftvmm: ignored a connection that is not a migration source (\(error))\n".utf8))
+                c.close()
+                continue
+            }
+            Transport.setReceiveTimeout(fd, seconds: 0)
+            s.connection = c
+            break
+        }
+        s.target.closeListener()
+        s.cancellation.attach(s.connection)
+        s.progress.update { $0.phase = .setup }
+        guard let hello = s.hello else { throw MigrationError.stream("no hello") }
+        _ = try Handshake.respond(try s.conn(), preambleVersion: s.preambleVersion, hello: hello, key: s.options.key)
+        try s.cancellation.check()
+    }
+}
+
+/// Check the guest's description against this host, before any memory moves, then build its
+/// machine paused.
+final class TargetPreCheck: MigrationStep {
+    var phase: MigrationPhase { .setup }
+
+    func run(_ s: TargetSession) throws {
+        let conn = try s.conn()
+        let blob = try conn.expect(.config).payload
+        let desc: MachineDescription
+        do { desc = try MachineDescription(node: try FDTCodec.decode(blob)) } catch let e as MigrationError { throw e } catch {
+            throw MigrationError.stream("configuration section: \(error)")
+        }
+        try Self.check(desc, s.options)
+        let vm = try s.options.machine.build(desc)
+        s.vm = vm
+        s.description = desc
+        // Guest RAM goes to KVM on another thread while the first pages arrive; joined before
+        // the first round is acknowledged.
+        s.slots = SlotRegistration(vm: vm)
+        vm.start(paused: true)
+        vm.devices.quiesce()
+        try conn.send(Accept(name: vm.config.name))
+        s.progress.update { $0.memoryBytes = desc.memorySize }
+    }
+
+    /// Refuses, naming what differs, a guest this host cannot run.
+    static func check(_ desc: MachineDescription, _ options: ReceiveOptions) throws {
+        if let m = options.expectMemory, m != desc.memorySize {
+            throw MigrationError.refused("memory size differs: the guest has \(ByteSize.format(desc.memorySize)), recv --memory is \(ByteSize.format(m))")
+        }
+        if let c = options.expectCPUs, c != desc.cpus {
+            throw MigrationError.refused("vCPU count differs: the guest has \(desc.cpus), recv --cpus is \(c)")
+        }
+        do { _ = try MemoryMap(memorySize: desc.memorySize) } catch {
+            throw MigrationError.refused("guest memory layout cannot be hosted: \(error)")
+        }
+        if let avail = HostMemory.available(), avail < desc.memorySize {
+            throw MigrationError.refused("not enough free memory on the target: the guest needs \(ByteSize.format(desc.memorySize)), \(ByteSize.format(avail)) available")
+        }
+        let host: [CPUIDEntry]
+        do { host = try HostCPU.offer(kvmDevice: options.machine.kvmDevice, deny: options.machine.cpuidDeny, vcpuCount: desc.cpus) } catch {
+            throw MigrationError.refused("\(error)")
+        }
+        let missing = CPUIDPolicy.missing(guest: CPUIDPolicy.featureWords(desc.cpuid), host: CPUIDPolicy.featureWords(host))
+        if !missing.isEmpty {
+            throw MigrationError.refused("the target CPU lacks features the guest uses: CPUID \(missing.prefix(8).joined(separator: ", "))\(missing.count > 8 ? " …" : "")")
+        }
+    }
+
+    func rollback(_ s: TargetSession) {
+        // Nothing ran here: tear the half-built machine down.
+        s.vm?.tearDown(.internalError("migration failed"))
+        s.vm = nil
+    }
+}
+
+/// Memory rounds, then the machine state; `ready` once it is loaded.
+final class TargetReceive: MigrationStep {
+    var phase: MigrationPhase { .receiving }
+
+    func run(_ s: TargetSession) throws {
+        let conn = try s.conn()
+        let vm = try s.machine()
+        let decoder = PageDecoder(memory: vm.memory)
+        while true {
+            let section = try conn.receive()
+            switch section.type {
+            case .pages:
+                try decoder.apply(section.payload)
+                let c = decoder.counters
+                s.progress.update {
+                    $0.wireBytes = c.wireBytes
+                    if $0.round == 0 { $0.memoryCovered = UInt64(c.dataPages + c.zeroPages) * UInt64(PageBatch.pageSize) }
+                }
+            case .roundEnd:
+                // Memory slots must exist before the stop-and-copy: wait for them here, in
+                // pre-copy, so the guest's downtime never does.
+                try s.slots?.wait()
+                let end = try section.message(RoundEnd.self)
+                try conn.send(RoundAck())
+                s.progress.update {
+                    $0.round = end.round + 1
+                    if end.round == 0 { $0.memoryCovered = $0.memoryBytes }
+                }
+            case .progress:
+                if let p = try? section.message(RoundProgress.self) {
+                    s.progress.update {
+                        $0.dirtyPagesPerSecond = p.dirtyPagesPerS
+                        $0.throttlePercent = p.throttlePercent
+                        $0.rateBytesPerSecond = p.bandwidthMBps * 1e6
+                    }
+                }
+            case .state:
+                s.progress.update { $0.phase = .stopAndCopy }
+                try s.slots?.wait()
+                let node: StateNode
+                do { node = try FDTCodec.decode(section.payload) } catch { throw MigrationError.stream("machine state: \(error)") }
+                do { try vm.restoreMachineState(node) } catch { throw MigrationError.machine("cannot load the machine state: \(error)") }
+                try s.cancellation.check()
+                try conn.send(Ready())
+                return
+            default:
+                try Connection.raiseIfAbort(section)
+                throw MigrationError.stream("unexpected \(section.type.name) section during transfer")
+            }
+        }
+    }
+}
+
+/// Wait for the commit; then the guest runs here.
+final class TargetHandOff: MigrationStep {
+    var phase: MigrationPhase { .handoff }
+
+    func run(_ s: TargetSession) throws {
+        let conn = try s.conn()
+        let vm = try s.machine()
+        let go = try conn.expect(Go.self)
+        // Committed by the source: from here on the guest runs here.
+        s.resumed = true
+        vm.resume()
+        vm.devices.unquiesce()
+        s.resumedAtNanos = Clock.wallNanos()
+        for case let nic as any AnnouncingDevice in vm.devices.all { nic.announce() }
+        try? conn.send(Running(resumedAtNs: s.resumedAtNanos))
+        // The source's pause time came with `go`: the downtime as this side saw it.
+        let resumed = s.resumedAtNanos
+        s.progress.update {
+            $0.phase = .completed
+            if go.pausedAtNs > 0 && resumed > go.pausedAtNs { $0.predictedDowntimeMs = Double(resumed - go.pausedAtNs) / 1e6 }
+        }
+        conn.close()
+        s.connection = nil
+    }
+}
+
+/// What the host has to offer in memory.
+enum HostMemory {
+    /// MemAvailable from /proc/meminfo.
+    static func available() -> UInt64? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let parts = line.split(separator: " ")
+            if parts.count >= 2, let kb = UInt64(parts[1]) { return kb * 1024 }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,180 @@
+import Foundation
+import Glibc
+
+/// A connection carrying sections both ways. Reads and writes are blocking; `abort()` from
+/// another thread makes a blocked call fail.
+public final class Connection: ByteSource, @unchecked Sendable {
+    public let fd: Int32
+    private let closeLock = NSLock()
+    private var closed = false
+    /// Bytes written and read, for statistics.
+    public private(set) var bytesWritten: UInt64 = 0
+    public private(set) var bytesRead: UInt64 = 0
+    private var readBuffer = [UInt8](repeating: 0, count: 256 * 1024)
+    private var readStart = 0
+    private var readEnd = 0
+
+    public init(fd: Int32) { self.fd = fd }
+    deinit { close() }
+
+    public func close() {
+        closeLock.lock(); defer { closeLock.unlock() }
+        if !closed { closed = true; Glibc.close(fd) }
+    }
+
+    /// Makes blocked reads and writes return with an error (from any thread).
+    public func abort() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    /// Makes a blocked read return end-of-stream; writing still works (from any thread).
+    public func abortReads() { shutdown(fd, Int32(SHUT_RD)) }
+
+    private var reader: SectionReader { SectionReader(self) }
+
+    // MARK: raw I/O
+
+    func writeAll(_ parts: [UnsafeRawBufferPointer]) throws {
+        var iov = parts.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+        var index = 0
+        while index < iov.count && iov[index].iov_len == 0 { index += 1 }
+        while index < iov.count {
+            // sendmsg with MSG_NOSIGNAL: a peer that hung up is an error here, never SIGPIPE.
+            let n = iov[index...].withUnsafeMutableBufferPointer { p -> Int in
+                var msg = msghdr()
+                msg.msg_iov = p.baseAddress
+                msg.msg_iovlen = min(p.count, 64)
+                return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw lostWhileSending(errno)
+            }
+            bytesWritten += UInt64(n)
+            var left = n
+            while left > 0 && index < iov.count {
+                if left >= iov[index].iov_len { left -= iov[index].iov_len; index += 1 } else {
+                    iov[index].iov_base = iov[index].iov_base.map { $0 + left }
+                    iov[index].iov_len -= left
+                    left = 0
+                }
+            }
+            while index < iov.count && iov[index].iov_len == 0 { index += 1 }
+        }
+    }
+
+    /// Why a write failed: the reason the peer gave before it hung up, when it gave one.
+    private func lostWhileSending(_ e: Int32) -> MigrationError {
+        let lost = MigrationError.connection("connection lost while sending: \(String(cString: strerror(e)))")
+        guard waitIncoming(timeoutMs: 100), let s = try? receive() else { return lost }
+        do { try Self.raiseIfAbort(s) } catch let m as MigrationError { return m } catch {}
+        return lost
+    }
+
+    public func readExactly(_ out: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < out.count {
+            if readStart < readEnd {
+                let n = min(readEnd - readStart, out.count - done)
+                readBuffer.withUnsafeBytes { src in
+                    if let d = out.baseAddress, let s = src.baseAddress { (d + done).copyMemory(from: s + readStart, byteCount: n) }
+                }
+                readStart += n
+                done += n
+                continue
+            }
+            let want = out.count - done
+            let n: Int
+            if want >= readBuffer.count / 2, let d = out.baseAddress {
+                // Big payloads go straight into the caller's buffer.
+                n = recv(fd, d + done, want, 0)
+            } else {
+                n = readBuffer.withUnsafeMutableBytes { b in recv(fd, b.baseAddress, b.count, 0) }
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw MigrationError.connection("connection lost while receiving: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { throw MigrationError.connection("connection closed by peer") }
+            bytesRead += UInt64(n)
+            if want >= readBuffer.count / 2 { done += n } else { readStart = 0; readEnd = n }
+        }
+    }
+
+    /// True when a section (or EOF) is waiting to be read, without blocking.
+    public func hasIncoming() -> Bool { waitIncoming(timeoutMs: 0) }
+
+    /// Waits up to `timeoutMs` for incoming data.
+    public func waitIncoming(timeoutMs: Int32) -> Bool {
+        if readStart < readEnd { return true }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, timeoutMs) > 0
+    }
+
+    // MARK: preamble
+
+    public func writePreamble(version: UInt32 = Wire.streamVersion) throws {
+        var b = Wire.magic
+        withUnsafeBytes(of: version.bigEndian) { b.append(contentsOf: $0) }
+        b.append(contentsOf: [0, 0, 0, 0])
+        try b.withUnsafeBytes { p throws in try writeAll([p]) }
+    }
+
+    /// Reads the peer's preamble and returns its stream version.
+    public func readPreamble() throws -> UInt32 { try reader.readPreamble() }
+
+    // MARK: sections
+
+    /// Sends one section whose payload is the concatenation of `parts` (no copy).
+    public func send(_ type: SectionType, parts: [UnsafeRawBufferPointer], optional: Bool = false) throws {
+        let total = parts.reduce(0) { $0 + $1.count }
+        let header = SectionFraming.header(type: type.rawValue, optional: optional, length: total)
+        var crc = header.withUnsafeBytes { CRC32C.update(0, $0) }
+        for p in parts { crc = CRC32C.update(crc, p) }
+        let trailer = SectionFraming.trailer(crc)
+        try header.withUnsafeBytes { h in
+            try trailer.withUnsafeBytes { t in
+                try writeAll([h] + parts + [t])
+            }
+        }
+    }
+
+    public func send(_ type: SectionType, bytes: [UInt8], optional: Bool = false) throws {
+        try bytes.withUnsafeBytes { p throws in try send(type, parts: [p], optional: optional) }
+    }
+
+    /// Sends a control message.
+    public func send<M: WireMessage>(_ message: M, optional: Bool = false) throws {
+        try send(M.section, bytes: MessageCodec.encode(message), optional: optional)
+    }
+
+    /// Sends an error section (best effort: the connection may already be gone).
+    public func sendError(_ message: String) {
+        try? send(ErrorReport(desc: message))
+    }
+
+    /// Reads the next section the reader understands, skipping unknown optional ones.
+    public func receive() throws -> Section { try reader.read() }
+
+    /// Receives a section and fails unless it is of `type` (an `error` section becomes `.peer`,
+    /// a `cancel` section `.cancelled`).
+    public func expect(_ type: SectionType) throws -> Section {
+        let s = try receive()
+        if s.type == type { return s }
+        try Self.raiseIfAbort(s)
+        throw MigrationError.stream("expected a \(type.name) section, got \(s.type.name)")
+    }
+
+    /// Receives message `M`, failing on anything else.
+    public func expect<M: WireMessage>(_ type: M.Type) throws -> M {
+        try expect(M.section).message(M.self)
+    }
+
+    /// Throws the peer's reason when `s` is an `error` or `cancel` section.
+    static func raiseIfAbort(_ s: Section) throws {
+        if s.type == .error {
+            throw MigrationError.peer((try? s.message(ErrorReport.self))?.desc ?? "unknown error")
+        }
+        if s.type == .cancel {
+            throw MigrationError.cancelled((try? s.message(CancelNotice.self))?.desc ?? "cancelled by the source")
+        }
+    }
+}

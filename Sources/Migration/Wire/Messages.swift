@@ -1,0 +1,138 @@
+import Foundation
+
+/// A control message: one JSON object in a section of its own type. Every message the two
+/// sides exchange is one of these structs; this file is the only place they are encoded and
+/// decoded.
+public protocol WireMessage: Codable, Sendable {
+    static var section: SectionType { get }
+}
+
+/// S→R, first: who is sending, in which stream version, with what key material.
+public struct Hello: WireMessage {
+    public static var section: SectionType { .hello }
+    public var streamVersion: UInt32
+    public var vmmVersion: String
+    public var name: String
+    public var uuid: String
+    /// 32 random bytes, hex.
+    public var nonce: String
+    public var hasKey: Bool
+}
+
+/// R→S: the receiver's versions and nonce, and its proof of the key when it has one.
+public struct HelloReply: WireMessage {
+    public static var section: SectionType { .helloReply }
+    public var streamVersion: UInt32
+    public var vmmVersion: String
+    public var nonce: String
+    public var hasKey: Bool
+    public var proof: String?
+}
+
+/// S→R: the sender's proof of the key.
+public struct AuthProof: WireMessage {
+    public static var section: SectionType { .auth }
+    public var proof: String
+}
+
+/// R→S: pre-checks passed and the target machine is built.
+public struct Accept: WireMessage {
+    public static var section: SectionType { .accept }
+    public var name: String
+}
+
+/// Either way: a one-line reason; the connection ends.
+public struct ErrorReport: WireMessage {
+    public static var section: SectionType { .error }
+    public var desc: String
+}
+
+/// S→R: the source gives up; the target discards everything.
+public struct CancelNotice: WireMessage {
+    public static var section: SectionType { .cancel }
+    public var desc: String
+}
+
+/// S→R: the end of a pre-copy round; the target acknowledges once every page is in place.
+public struct RoundEnd: WireMessage {
+    public static var section: SectionType { .roundEnd }
+    public var round: Int
+}
+
+/// R→S: every page of the round is in guest memory.
+public struct RoundAck: WireMessage {
+    public static var section: SectionType { .roundAck }
+}
+
+/// R→S: the machine state is loaded; the target waits for `go`.
+public struct Ready: WireMessage {
+    public static var section: SectionType { .ready }
+}
+
+/// S→R: the commit. The target may run the guest; the source never will again.
+public struct Go: WireMessage {
+    public static var section: SectionType { .go }
+    /// When the source paused the guest (CLOCK_REALTIME, ns): the target's downtime figure.
+    public var pausedAtNs: UInt64
+}
+
+/// R→S: the guest runs on the target.
+public struct Running: WireMessage {
+    public static var section: SectionType { .running }
+    public var resumedAtNs: UInt64
+}
+
+/// S→R, optional: how the last round went, for the target's `status`.
+public struct RoundProgress: WireMessage {
+    public static var section: SectionType { .progress }
+    public var round: Int
+    public var dirtyPagesPerS: Double
+    public var bandwidthMBps: Double
+    public var throttlePercent: Int
+}
+
+/// Encoding and decoding of `WireMessage`s.
+enum MessageCodec {
+    static func encode<M: WireMessage>(_ message: M) -> [UInt8] {
+        let e = JSONEncoder()
+        e.keyEncodingStrategy = .convertToSnakeCase
+        e.outputFormatting = .sortedKeys
+        return (try? e.encode(message)).map(Array.init) ?? Array("{}".utf8)
+    }
+
+    static func decode<M: WireMessage>(_ type: M.Type, from payload: [UInt8]) throws -> M {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        do { return try d.decode(M.self, from: Data(payload)) } catch {
+            throw MigrationError.stream("malformed \(M.section.name) section: \(Self.describe(error))")
+        }
+    }
+
+    private static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, _): return "'\(snakeCase(key.stringValue))' is missing"
+        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c):
+            guard !c.codingPath.isEmpty else { return "not a JSON object" }
+            return "'\(c.codingPath.map { snakeCase($0.stringValue) }.joined(separator: "."))' has the wrong type"
+        case DecodingError.dataCorrupted: return "not a JSON object"
+        default: return "\(error)"
+        }
+    }
+
+    /// `pausedAtNs` → `paused_at_ns`: a key as it appears on the wire.
+    static func snakeCase(_ key: String) -> String {
+        var out = ""
+        for c in key {
+            if c.isUppercase { out += "_" + c.lowercased() } else { out.append(c) }
+        }
+        return out
+    }
+}
+
+extension Section {
+    /// The payload as message `M` (the section must be of `M`'s type).
+    public func message<M: WireMessage>(_ type: M.Type) throws -> M {
+        guard self.type == M.section else { throw MigrationError.stream("expected a \(M.section.name) section, got \(self.type.name)") }
+        return try MessageCodec.decode(M.self, from: payload)
+    }
+}

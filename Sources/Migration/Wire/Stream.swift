@@ -1,0 +1,174 @@
+
+/// The migration wire format.
+///
+/// Each direction of the connection starts with a 16-byte preamble — the magic `SWIFTVMM`,
+/// the stream version (u32, big-endian) and a reserved u32 — followed by sections:
+///
+/// ```
+/// u16 type | u16 flags | u32 length | length bytes of payload | u32 CRC-32C of the previous bytes
+/// ```
+///
+/// Compatibility rules, release to release:
+/// - `streamVersion` changes only when an old reader could not make sense of the stream at
+///   all; a receiver refuses any other version, naming both.
+/// - A reader skips a section type it does not know when the section's `optional` flag is set,
+///   and refuses the stream — naming the type — when it is not.
+/// - Inside FDT payloads (configuration, machine state) a reader ignores properties and nodes
+///   it does not know. A writer that adds something an older reader must not ignore lists it
+///   by name in the root property `required-features`; a reader refuses a stream whose
+///   `required-features` holds a name it does not know.
+/// - Numbers are big-endian; lengths are checked against `maxSectionLength` before any
+///   allocation; every section is checksummed.
+public enum Wire {
+    public static let magic: [UInt8] = Array("SWIFTVMM".utf8)
+    public static let streamVersion: UInt32 = 1
+    public static let maxSectionLength = 64 << 20
+    /// FDT feature names this reader understands (see `required-features`).
+    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2"]
+    /// What this writer requires of a reader.
+    public static let requiredFeatures = ["pages-v1", "state-v2"]
+}
+
+/// Section types. Values are never reused.
+public enum SectionType: UInt16, Sendable, CaseIterable {
+    case hello = 1          // S→R: versions, VM name/UUID, nonce (JSON)
+    case helloReply = 2     // R→S: versions, nonce, HMAC proof (JSON)
+    case auth = 3           // S→R: HMAC proof (JSON)
+    case config = 4         // S→R: the machine's configuration for pre-checks (FDT)
+    case accept = 5         // R→S: pre-checks passed, target built (JSON)
+    case error = 6          // either way: a one-line reason; the connection ends (JSON)
+    case pages = 7          // S→R: a batch of guest pages
+    case roundEnd = 8       // S→R: end of a pre-copy round, with its statistics (JSON)
+    case state = 9          // S→R: vCPU, irqchip, clock and device state (FDT)
+    case ready = 10         // R→S: state loaded; the target waits for `go`
+    case go = 11            // S→R: commit — the target may run the guest; the source never will again
+    case running = 12       // R→S: the guest runs on the target (JSON: timestamps)
+    case cancel = 13        // S→R: abort; the target discards everything (JSON)
+    case progress = 14      // S→R: sender progress for the target's status (JSON, optional)
+    case roundAck = 15      // R→S: every page of the round is in guest memory (flow control)
+
+    public var name: String { String(describing: self) }
+}
+
+/// One decoded section.
+public struct Section: Sendable {
+    public var type: SectionType
+    public var payload: [UInt8]
+
+    public init(type: SectionType, payload: [UInt8]) { self.type = type; self.payload = payload }
+}
+
+/// The 8-byte section header and the 4-byte CRC trailer.
+public enum SectionFraming {
+    public static let headerSize = 8
+    public static let trailerSize = 4
+    /// Bytes a section adds to its payload on the wire.
+    public static let overhead = headerSize + trailerSize
+
+    static func header(type: UInt16, optional: Bool, length: Int) -> [UInt8] {
+        let len = UInt32(length)
+        return [UInt8(type >> 8), UInt8(type & 0xff), 0, optional ? 1 : 0,
+                UInt8(len >> 24), UInt8((len >> 16) & 0xff), UInt8((len >> 8) & 0xff), UInt8(len & 0xff)]
+    }
+
+    static func trailer(_ crc: UInt32) -> [UInt8] {
+        [UInt8(crc >> 24), UInt8((crc >> 16) & 0xff), UInt8((crc >> 8) & 0xff), UInt8(crc & 0xff)]
+    }
+
+    static func bigEndian32<C: Collection<UInt8>>(_ b: C) -> UInt32 { b.reduce(0) { ($0 << 8) | UInt32($1) } }
+}
+
+/// Where a `SectionReader` gets its bytes: a socket, or a captured stream in memory.
+public protocol ByteSource: AnyObject {
+    /// Fills `buffer` completely or throws (`MigrationError.connection` at end of input).
+    func readExactly(_ buffer: UnsafeMutableRawBufferPointer) throws
+}
+
+/// Reads the preamble and the checksummed sections of a stream, applying the compatibility
+/// rules above. The one reader both `Connection` and `swiftvmm inspect` use.
+public struct SectionReader {
+    /// A section as framed on the wire, before the rules are applied.
+    public struct RawSection: Sendable {
+        public var rawType: UInt16
+        public var optional: Bool
+        public var payload: [UInt8]
+        public var checksumOK: Bool
+        public var type: SectionType? { SectionType(rawValue: rawType) }
+        public var typeName: String { type?.name ?? "type \(rawType)" }
+    }
+
+    let source: any ByteSource
+
+    public init(_ source: any ByteSource) { self.source = source }
+
+    /// Reads the peer's preamble and returns its stream version.
+    public func readPreamble() throws -> UInt32 {
+        var b = [UInt8](repeating: 0, count: 16)
+        try b.withUnsafeMutableBytes { p throws in try source.readExactly(p) }
+        guard Array(b.prefix(8)) == Wire.magic else {
+            throw MigrationError.stream("not a swiftvmm migration stream (bad magic)")
+        }
+        return SectionFraming.bigEndian32(b[8..<12])
+    }
+
+    /// The next section as framed, with its checksum verdict; the length is checked against
+    /// `Wire.maxSectionLength` before anything is allocated.
+    public func readRaw() throws -> RawSection {
+        var header = [UInt8](repeating: 0, count: SectionFraming.headerSize)
+        try header.withUnsafeMutableBytes { p throws in try source.readExactly(p) }
+        let rawType = UInt16(header[0]) << 8 | UInt16(header[1])
+        let len = Int(SectionFraming.bigEndian32(header[4..<8]))
+        guard len <= Wire.maxSectionLength else {
+            throw MigrationError.stream("section type \(rawType) claims \(len) bytes, more than the \(Wire.maxSectionLength >> 20) MiB limit")
+        }
+        var readError: Error?
+        let payload = [UInt8](unsafeUninitializedCapacity: len) { buf, count in
+            do { try source.readExactly(UnsafeMutableRawBufferPointer(buf)) } catch { readError = error }
+            count = len
+        }
+        if let readError { throw readError }
+        var trailer = [UInt8](repeating: 0, count: SectionFraming.trailerSize)
+        try trailer.withUnsafeMutableBytes { p throws in try source.readExactly(p) }
+        var crc = header.withUnsafeBytes { CRC32C.update(0, $0) }
+        crc = payload.withUnsafeBytes { CRC32C.update(crc, $0) }
+        return RawSection(rawType: rawType, optional: header[3] & 1 != 0, payload: payload,
+                          checksumOK: crc == SectionFraming.bigEndian32(trailer))
+    }
+
+    /// The next section this reader understands: a bad checksum or an unknown required type
+    /// fails, an unknown optional type is skipped.
+    public func read() throws -> Section {
+        while true {
+            let raw = try readRaw()
+            guard raw.checksumOK else {
+                throw MigrationError.stream("checksum mismatch in \(raw.typeName) section (\(raw.payload.count) bytes): the stream was corrupted")
+            }
+            guard let type = raw.type else {
+                if raw.optional { continue }
+                throw MigrationError.stream("unknown required section type \(raw.rawType): the sender is newer than this swiftvmm")
+            }
+            return Section(type: type, payload: raw.payload)
+        }
+    }
+}
+
+/// A captured stream in memory, read as a `ByteSource`.
+public final class ByteBufferSource: ByteSource {
+    private let bytes: [UInt8]
+    public private(set) var offset = 0
+
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    public var atEnd: Bool { offset >= bytes.count }
+
+    public func readExactly(_ buffer: UnsafeMutableRawBufferPointer) throws {
+        guard bytes.count - offset >= buffer.count else {
+            offset = bytes.count
+            throw MigrationError.connection("the stream ends in the middle of a section")
+        }
+        bytes.withUnsafeBytes { src in
+            if let d = buffer.baseAddress, let s = src.baseAddress { d.copyMemory(from: s + offset, byteCount: buffer.count) }
+        }
+        offset += buffer.count
+    }
+}

@@ -1,0 +1,63 @@
+import ArgumentParser
+import Machine
+
+/// Devices, for `run` and `recv`.
+struct DeviceOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("A virtio-blk disk over a raw image file. vol= names it; a migration target matches disks by that name, so the path may differ there (default name: the file name).",
+                               valueName: "[vol=NAME,]path=P[,readonly]"))
+    var disk: [String] = []
+
+    @Option(help: ArgumentHelp("A virtio-net NIC on a TAP interface (created if absent and allowed; multi-queue, so a migration peer on this host can share it).",
+                               valueName: "tap=IF[,mac=MAC]"))
+    var net: [String] = []
+
+    func disks() throws -> [DiskConfig] {
+        do { return try disk.map(DiskConfig.parse) } catch { throw fail("\(error)") }
+    }
+
+    func nics() throws -> [NICConfig] {
+        do { return try net.map(NICConfig.parse) } catch { throw fail("\(error)") }
+    }
+}
+
+/// How the guest's console and control socket are reached, for `run` and `recv`.
+struct ConsoleOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Serial console: stdio, or file:PATH (created or truncated).", valueName: "stdio|file:PATH"))
+    var serial: String = "stdio"
+
+    @Option(help: ArgumentHelp("Control socket (JSON lines, QMP-like) used by send, status and cancel; default /run/swiftvmm/NAME.sock when --name is given.",
+                               valueName: "PATH"))
+    var apiSocket: String?
+
+    func sink() throws -> any SerialSink {
+        do { return try FileDescriptorSink.open(serial) } catch { throw fail("\(error)") }
+    }
+}
+
+/// What of this host's CPU a guest may see, for `run` and `recv`.
+struct HostCPUOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Hide a CPUID feature bit, as if this CPU lacked it (like QEMU's -cpu host,-FEATURE); e.g. 0x1.0.ecx:13 hides CMPXCHG16B, 0x7.0.ebx:5 AVX2.",
+                               valueName: "LEAF.SUB.REG:BIT"))
+    var cpuFeatureDeny: [String] = []
+
+    @Option(help: .hidden)
+    var kvmDevice: String = "/dev/kvm"
+
+    func validate() throws {
+        if let bad = cpuFeatureDeny.first(where: { (try? CPUIDPolicy.deny([$0], in: [])) == nil }) {
+            throw fail("--cpu-feature-deny '\(bad)' is not LEAF.SUBLEAF.REG:BIT (e.g. 0x7.0.ebx:5)")
+        }
+    }
+}
+
+/// `--memory SIZE`, parsed and checked.
+func parseMemory(_ text: String) throws -> UInt64 {
+    guard let size = ByteSize.parse(text) else { throw fail("--memory '\(text)' is not a size (examples: 256M, 2G)") }
+    guard size > 0 else { throw fail("--memory must be more than 0") }
+    guard size >= MemoryMap.minimumMemory else {
+        throw fail("--memory \(text) is too small: swiftvmm needs at least \(MemoryMap.minimumMemory >> 20)M")
+    }
+    guard size % MemoryMap.pageSize == 0 else { throw fail("--memory \(text) is not a multiple of 4K") }
+    do { _ = try MemoryMap(memorySize: size) } catch { throw fail("--memory \(text): \(error)") }
+    return size
+}
