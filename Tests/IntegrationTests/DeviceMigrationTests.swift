@@ -92,9 +92,9 @@ struct DeviceMigrationTests {
         #expect(s.status != 0 && s.stderr.contains("volume 'data' is missing"), "\(s.stderr)")
         #expect(dst.wait(timeout: 30).map { $0 != 0 } == true)
         #expect(dst.stderr.contains("volume 'data' is missing"), "\(dst.stderr)")
-        let before = src.stdout.count
-        usleep(500_000)
-        #expect(src.stdout.count > before, "the guest stopped writing on the source")
+        let before = src.stdout.components(separatedBy: "SEQ ").count
+        #expect(src.waitUntilStdout(timeout: 30) { $0.components(separatedBy: "SEQ ").count > before + 5 },
+                "the guest stopped writing on the source")
     }
 
     @Test("netecho answers pings before and after migration (at most one lost) and the target announces the MAC")
@@ -119,10 +119,11 @@ struct DeviceMigrationTests {
             import socket, sys
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8035))
             s.bind(('\(net.tap)', 0)); s.settimeout(60)
+            print('READY', flush=True)
             f = s.recv(2048)
             print('ANNOUNCE src=' + ':'.join('%02x' % b for b in f[6:12]) + ' type=%02x%02x' % (f[12], f[13]), flush=True)
             """], name: "capture")
-        usleep(300_000)
+        #expect(capture.waitFor("READY", timeout: 30), "\(capture.transcript)")
         let listen = "unix:" + rig.path("m.sock")
         let dst = try Child(TestNetwork.ip, ["netns", "exec", net.namespace, Paths.swiftvmm, "recv", "--listen", listen,
                                              "--net", "tap=\(net.tap)"], name: "target")
@@ -130,7 +131,7 @@ struct DeviceMigrationTests {
         // Pings every 100 ms across the hand-off.
         let pinger = try Child(TestNetwork.ip, ["netns", "exec", net.namespace, "ping", "-i", "0.1", "-c", "40", "-W", "1",
                                                 TestNetwork.guestIP], name: "ping")
-        usleep(1_000_000)
+        #expect(pinger.waitUntilStdout(timeout: 30) { $0.components(separatedBy: "bytes from").count > 5 }, "\(pinger.transcript)")
         let s = try rig.send(api, to: listen)
         #expect(s.status == 0, "\(s.stderr)\n\(dst.transcript)")
         #expect(pinger.wait(timeout: 60) != nil)

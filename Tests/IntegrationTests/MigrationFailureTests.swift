@@ -110,7 +110,6 @@ struct MigrationFailureTests {
     func targetKilledMidStream() throws {
         let rig = try MigrationRig()
         let (src, _, dst, sender) = try slowMigrationInPrecopy(rig)
-        usleep(300_000)
         dst.signal(SIGKILL)
         #expect(sender.wait(timeout: 30).map { $0 != 0 } == true, "\(sender.transcript)")
         #expect(heartbeatsAfter(src), "\(src.transcript)")
@@ -122,7 +121,6 @@ struct MigrationFailureTests {
     func sourceKilledMidStream() throws {
         let rig = try MigrationRig()
         let (src, _, dst, sender) = try slowMigrationInPrecopy(rig)
-        usleep(300_000)
         src.signal(SIGKILL)
         let status = dst.wait(timeout: 30)
         #expect(status != nil && status != 0, "\(dst.transcript)")
@@ -190,8 +188,8 @@ struct MigrationRefusalTests {
         #expect(!dst.stdout.contains("HEARTBEAT"), sourceLocation: sourceLocation)
         // Nothing moved: the guest runs on.
         let before = src.stdout.components(separatedBy: "HEARTBEAT").count
-        usleep(800_000)
-        #expect(src.stdout.components(separatedBy: "HEARTBEAT").count > before, sourceLocation: sourceLocation)
+        #expect(src.waitUntilStdout(timeout: 30) { $0.components(separatedBy: "HEARTBEAT").count > before + 1 },
+                "the guest stopped on the source", sourceLocation: sourceLocation)
     }
 
     @Test("stream version mismatch") func versionMismatch() throws {

@@ -61,7 +61,7 @@ struct RunTests {
         #expect(paused.contains("return"), "\(paused)")
         #expect((try rig.status(api)["status"] as? String) == "paused")
         let before = c.stdout
-        usleep(700_000)
+        usleep(700_000)                      // a window in which a paused guest must print nothing
         #expect(c.stdout == before, "the guest kept running while paused")
         #expect(control(api, "cont").contains("return"))
         #expect((try rig.status(api)["status"] as? String) == "running")

@@ -122,7 +122,7 @@ struct VirtioStateGuestTests {
                 // The datagram arrives while the machine is stopped and its NIC's state moves.
                 try guest.saveResetRestore(whilePaused: {
                     #expect(TestNetwork.udpSend(fd, payload))
-                    usleep(20_000)
+                    usleep(20_000)       // a window for the datagram to reach the TAP queue
                 })
                 if TestNetwork.udpReceive(fd) == payload { answered += 1 }
             } else if TestNetwork.udpEcho(fd, payload) == payload {
