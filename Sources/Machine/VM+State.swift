@@ -23,6 +23,16 @@ extension VM {
     /// Loads a state tree saved by a machine with the same configuration. Every component's
     /// state is decoded and validated before the first one changes.
     public func restoreMachineState(_ root: StateNode) throws(VMError) {
+        for p in try prepareMachineState(root) {
+            do { try p.apply() } catch { throw .state(error) }
+        }
+    }
+
+    /// Decodes and validates a state tree for this machine without changing anything: what
+    /// `restoreMachineState` does before it applies. A migration target runs it once on its own
+    /// fresh state while it waits, so that the first real restore — inside the guest's
+    /// downtime — finds every decoding path warm.
+    public func prepareMachineState(_ root: StateNode) throws(VMError) -> [PreparedRestore] {
         let vcpuNodes = root.children.filter { $0.name.hasPrefix("vcpu@") }.map(\.name)
         guard vcpuNodes.count == cpus.count else {
             throw .config("the state has \(vcpuNodes.count) vCPUs, this machine \(cpus.count)")
@@ -40,7 +50,7 @@ extension VM {
                 prepared.append(try c.prepareRestore(node))
             }
             for (d, node) in zip(mine, devs.children) { prepared.append(try d.prepareRestore(node)) }
-            for p in prepared { try p.apply() }
         } catch { throw .state(error) }
+        return prepared
     }
 }

@@ -6,6 +6,7 @@ final class SourceConnect: MigrationStep {
     var phase: MigrationPhase { .setup }
 
     func run(_ s: SourceSession) throws {
+        MessageCodec.warmUp()
         let conn = Connection(fd: try Transport.connect(s.options.endpoint))
         s.connection = conn
         s.cancellation.attach(conn)

@@ -119,6 +119,8 @@ final class TargetSession {
     var description: MachineDescription?
     var vm: VM?
     var slots: SlotRegistration?
+    /// The NICs that announce the guest's new place after the hand-off.
+    var announcers: [any AnnouncingDevice] = []
     /// The guest runs here: nothing is rolled back any more.
     var resumed = false
     var resumedAtNanos: UInt64 = 0
@@ -166,11 +168,3 @@ final class SlotRegistration: @unchecked Sendable {
     }
 }
 
-extension MessageCodec {
-    /// Foundation's JSON machinery costs milliseconds on first use: a target pays that while it
-    /// waits, not in the migration's setup time.
-    static func warmUp() {
-        let hello = Hello(streamVersion: 1, vmmVersion: "", name: "", uuid: "", nonce: "", hasKey: false)
-        _ = try? decode(Hello.self, from: encode(hello))
-    }
-}

@@ -57,6 +57,10 @@ final class TargetPreCheck: MigrationStep {
         // Guest RAM goes to KVM on another thread while the first pages arrive; joined before
         // the first round is acknowledged.
         s.slots = SlotRegistration(vm: vm)
+        // Every NIC to announce after the hand-off, and a dry run of loading state, found now
+        // rather than in the downtime (type lookups and first uses cost tens of µs each).
+        s.announcers = vm.devices.all.compactMap { $0 as? any AnnouncingDevice }
+        if let own = try? vm.saveMachineState() { _ = try? vm.prepareMachineState(FDTCodec.decode(FDTCodec.encode(own))) }
         vm.start(paused: true)
         vm.devices.quiesce()
         try conn.send(Accept(name: vm.config.name))
@@ -160,7 +164,7 @@ final class TargetHandOff: MigrationStep {
         vm.resume()
         vm.devices.unquiesce()
         s.resumedAtNanos = Clock.wallNanos()
-        for case let nic as any AnnouncingDevice in vm.devices.all { nic.announce() }
+        for nic in s.announcers { nic.announce() }
         try? conn.send(Running(resumedAtNs: s.resumedAtNanos))
         // The source's pause time came with `go`: the downtime as this side saw it.
         let resumed = s.resumedAtNanos

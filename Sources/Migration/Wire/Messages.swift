@@ -93,6 +93,25 @@ public struct RoundProgress: WireMessage {
 
 /// Encoding and decoding of `WireMessage`s.
 enum MessageCodec {
+    /// Foundation's JSON machinery costs ~1 ms on first use, and each message type tens of µs
+    /// more the first time it is encoded or decoded. Both sides pay that before the migration
+    /// starts — never inside the downtime, where `ready`, `go` and `running` are first used.
+    static func warmUp() {
+        func roundTrip<M: WireMessage>(_ m: M) { _ = try? decode(M.self, from: encode(m)) }
+        roundTrip(Hello(streamVersion: 1, vmmVersion: "", name: "", uuid: "", nonce: "", hasKey: false))
+        roundTrip(HelloReply(streamVersion: 1, vmmVersion: "", nonce: "", hasKey: false, proof: nil))
+        roundTrip(AuthProof(proof: ""))
+        roundTrip(Accept(name: ""))
+        roundTrip(ErrorReport(desc: ""))
+        roundTrip(CancelNotice(desc: ""))
+        roundTrip(RoundEnd(round: 0))
+        roundTrip(RoundAck())
+        roundTrip(Ready())
+        roundTrip(Go(pausedAtNs: 0))
+        roundTrip(Running(resumedAtNs: 0))
+        roundTrip(RoundProgress(round: 0, dirtyPagesPerS: 0, bandwidthMBps: 0, throttlePercent: 0))
+    }
+
     static func encode<M: WireMessage>(_ message: M) -> [UInt8] {
         let e = JSONEncoder()
         e.keyEncodingStrategy = .convertToSnakeCase
