@@ -51,8 +51,8 @@ public enum ControlCommand: Sendable {
     }
 
     /// The arguments of `migrate` as `SendOptions`: `uri`, and optionally `downtime-ms`,
-    /// `max-bandwidth` (bytes/s), `max-time` (s), `auto-converge`, `compress` (lz4|none),
-    /// `key` (hex).
+    /// `max-bandwidth` (bytes/s), `max-time` (s), `timeout` (s, 0 never), `auto-converge`,
+    /// `compress` (lz4|none), `key` (hex).
     static func sendOptions(_ a: [String: Any]) throws(ControlCommandError) -> SendOptions {
         guard let uri = a["uri"] as? String else { throw .invalid("migrate needs \"uri\"") }
         var o: SendOptions
@@ -66,6 +66,10 @@ public enum ControlCommand: Sendable {
             o.maxBandwidth = v
         }
         if let v = try number(a, "max-time") { o.maxTime = v }
+        if let v = try number(a, "timeout") {
+            guard v >= 0 else { throw .invalid("timeout must be 0 (never) or more") }
+            o.timeout = v > 0 ? v : nil
+        }
         if let v = a["auto-converge"] {
             guard let b = v as? Bool else { throw .invalid("auto-converge must be true or false") }
             o.autoConverge = b

@@ -9,7 +9,12 @@ public final class MachineController: @unchecked Sendable {
     public let name: String
     private let lock = NSLock()
     private var vmRef: VM?
-    private var source: MigrationSource?
+    private var sourceRef: MigrationSource?
+
+    private var source: MigrationSource? {
+        get { lock.lock(); defer { lock.unlock() }; return sourceRef }
+        set { lock.lock(); sourceRef = newValue; lock.unlock() }
+    }
     private var targetRef: MigrationTarget?
     private var lastReport: [String: Any]?
     private let replyDone = NSCondition()
@@ -53,6 +58,8 @@ public final class MachineController: @unchecked Sendable {
             vm.pause()
             return .ok([:])
         case .cont:
+            // After an in-doubt hand-off `cont` is the operator's verdict: run the guest here.
+            if source?.resumeHere() == true || target?.resumeHere() == true { return .ok([:]) }
             guard let vm else { return .error("GenericError", "no guest is running yet") }
             vm.resume()
             return .ok([:])
@@ -63,7 +70,7 @@ public final class MachineController: @unchecked Sendable {
         case .migrate(let options): return migrate(options)
         case .migrateCancel:
             lock.lock()
-            let s = source, t = targetRef
+            let s = sourceRef, t = targetRef
             lock.unlock()
             if let s { s.cancel("migration cancelled by the user"); return .ok([:]) }
             if let t { t.cancel("migration cancelled on the target by the user"); return .ok([:]) }
@@ -90,7 +97,7 @@ public final class MachineController: @unchecked Sendable {
     public func status() -> [String: Any] {
         var d: [String: Any] = ["name": name]
         lock.lock()
-        let vm = vmRef, s = source, t = targetRef
+        let vm = vmRef, s = sourceRef, t = targetRef
         lock.unlock()
         if let vm {
             d["status"] = vm.stopReason != nil ? "stopped" : (vm.isPaused ? "paused" : "running")
@@ -109,7 +116,7 @@ public final class MachineController: @unchecked Sendable {
 
     func migrationStatus() -> [String: Any] {
         lock.lock()
-        let s = source, t = targetRef, report = lastReport
+        let s = sourceRef, t = targetRef, report = lastReport
         lock.unlock()
         var d = (s?.progress ?? t?.progress)?.snapshot.json ?? ["phase": "idle"]
         if let report { d["report"] = report }
@@ -121,11 +128,13 @@ public final class MachineController: @unchecked Sendable {
         guard let vm else { return .error("GenericError", "no guest is running") }
         let s = MigrationSource(vm: vm, options: options)
         lock.lock()
-        if let existing = source, [.setup, .precopy, .stopAndCopy, .handoff].contains(existing.progress.snapshot.phase) {
+        if let existing = sourceRef, [.setup, .precopy, .stopAndCopy, .handoff, .inDoubt].contains(existing.progress.snapshot.phase) {
             lock.unlock()
-            return .error("GenericError", "a migration is already in progress")
+            return .error("GenericError", existing.progress.snapshot.phase == .inDoubt
+                          ? "the last migration's outcome is in doubt: resume the guest here (cont) or stop it (quit) first"
+                          : "a migration is already in progress")
         }
-        source = s
+        sourceRef = s
         lastReport = nil
         lock.unlock()
         // Only this migration's reply may let the process exit once the guest has moved.
@@ -135,6 +144,9 @@ public final class MachineController: @unchecked Sendable {
             lock.lock(); lastReport = report.json; lock.unlock()
             return .ok(report.json)
         } catch {
+            if case .inDoubt(let why)? = error as? MigrationError {
+                FileHandle.standardError.write(Data("swiftvmm: migration outcome unknown: \(why)\n".utf8))
+            }
             return .error("MigrationFailed", "\(error)")
         }
     }

@@ -18,16 +18,34 @@ public enum MigrationError: Error, Equatable, CustomStringConvertible {
     case cancelled(String)
     /// Did not converge within `--max-time`.
     case timeout(String)
+    /// The peer stopped answering for `--timeout` seconds.
+    case stalled(String)
+    /// The hand-off broke where neither side can know the outcome: this side keeps its
+    /// complete copy of the guest paused for the operator (`MigrationPhase.inDoubt`).
+    case inDoubt(String)
     /// The local machine failed (KVM, device state).
     case machine(String)
+
+    /// A stall, said with the phase it happened in and what became of the guest.
+    func naming(phase: MigrationPhase, guest: String) -> MigrationError {
+        guard case .stalled(let why) = self else { return self }
+        return .stalled("\(why) (in \(phase.rawValue)); \(guest)")
+    }
 
     public var description: String {
         switch self {
         case .usage(let s), .connection(let s), .stream(let s), .auth(let s), .refused(let s),
-             .machine(let s), .timeout(let s):
+             .machine(let s), .timeout(let s), .stalled(let s), .inDoubt(let s):
             return s
         case .peer(let s): return "peer: \(s)"
         case .cancelled(let s): return s
         }
+    }
+}
+
+extension Error {
+    /// A stall, said with the phase it happened in; any other error as it is.
+    func naming(phase: MigrationPhase, guest: String) -> Error {
+        (self as? MigrationError)?.naming(phase: phase, guest: guest) ?? self
     }
 }

@@ -20,8 +20,11 @@ struct Recv: ParsableCommand {
     @Option(help: "Name of the received VM (default: the source's name).")
     var name: String?
 
-    @Option(help: ArgumentHelp("Pre-shared key; the source must present the same one.", valueName: "FILE"))
+    @Option(help: ArgumentHelp("Pre-shared key; the source must present the same one, and the whole stream is sealed with it.", valueName: "FILE"))
     var keyFile: String?
+
+    @Option(help: ArgumentHelp("Give up when the source, once connected, makes no progress for this many seconds (0: never).", valueName: "S"))
+    var timeout: Double = 30
 
     @Option(help: ArgumentHelp("Refuse a guest whose memory size differs.", valueName: "SIZE"))
     var memory: String?
@@ -37,6 +40,7 @@ struct Recv: ParsableCommand {
         try hostCPU.validate()
         let endpoint: Endpoint
         do { endpoint = try Endpoint.parse(listen) } catch { throw fail("--listen \(error)") }
+        if keyFile == nil && !endpoint.isLocal { warnUnauthenticated(endpoint) }
         let machine = TargetMachineBuilder(name: name, serial: try console.sink(), disks: try devices.disks(), nics: try devices.nics(),
                                            cpuidDeny: hostCPU.cpuFeatureDeny, kvmDevice: hostCPU.kvmDevice)
         var options = ReceiveOptions(endpoint: endpoint, machine: machine)
@@ -46,6 +50,8 @@ struct Recv: ParsableCommand {
             options.expectMemory = size
         }
         if let c = cpus, c < 1 { throw fail("--cpus must be at least 1") }
+        guard timeout >= 0 else { throw fail("--timeout must be 0 (never) or more") }
+        options.timeout = timeout > 0 ? timeout : nil
         options.expectCPUs = cpus
         let target = MigrationTarget(options: options)
         do { try target.listen() } catch { throw fail("\(error)") }
@@ -57,7 +63,12 @@ struct Recv: ParsableCommand {
         Signals.shared.onTerminate { _ in target.cancel("recv was interrupted") }
         note("waiting for a migration on \(endpoint)")
         let vm: VM
-        do { vm = try target.run() } catch {
+        do { vm = try target.run() } catch MigrationError.inDoubt(let why) {
+            guard let held = target.heldMachine else { throw fail("incoming migration failed: \(why)") }
+            note("migration outcome unknown: \(why)")
+            controller.vm = held
+            throw ExitCode(runUntilStopped(held, controller: controller, alreadyStarted: true))
+        } catch {
             throw fail("incoming migration failed: \(error)")
         }
         controller.vm = vm

@@ -39,8 +39,11 @@ struct Send: ParsableCommand {
     @Option(help: ArgumentHelp("Write the migration's figures as JSON.", valueName: "FILE"))
     var report: String?
 
-    @Option(help: ArgumentHelp("Pre-shared key (the same file recv uses).", valueName: "FILE"))
+    @Option(help: ArgumentHelp("Pre-shared key (the same file recv uses): authenticates both ends and seals the whole stream (AES-256-GCM).", valueName: "FILE"))
     var keyFile: String?
+
+    @Option(help: ArgumentHelp("Give up when the target makes no progress for this many seconds (0: never); the guest keeps running here.", valueName: "S"))
+    var timeout: Double = 30
 
     @Option(help: .hidden)
     var streamVersion: Int?
@@ -81,7 +84,9 @@ struct Send: ParsableCommand {
 
     /// The options as the API's `migrate` arguments, checked.
     func arguments() throws -> [String: Any] {
-        do { _ = try Endpoint.parse(to) } catch { throw fail("--to \(error)") }
+        let endpoint: Endpoint
+        do { endpoint = try Endpoint.parse(to) } catch { throw fail("--to \(error)") }
+        if keyFile == nil && !endpoint.isLocal { warnUnauthenticated(endpoint) }
         guard ["lz4", "none"].contains(compress) else { throw fail("--compress must be lz4 or none") }
         guard ["on", "off"].contains(autoConverge) else { throw fail("--auto-converge must be on or off") }
         guard downtimeMs > 0 else { throw fail("--downtime-ms must be positive") }
@@ -98,6 +103,8 @@ struct Send: ParsableCommand {
         if let k = keyFile {
             do { args["key"] = try Auth.loadKey(k).hexString } catch { throw fail("\(error)") }
         }
+        guard timeout >= 0 else { throw fail("--timeout must be 0 (never) or more") }
+        args["timeout"] = timeout
         if let v = streamVersion { args["stream-version"] = v }
         if let v = holdBeforeCommitMs { args["hold-before-commit-ms"] = v }
         return args

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import Migration
 
 @main
 struct SwiftVMM: ParsableCommand {
@@ -14,7 +15,8 @@ struct SwiftVMM: ParsableCommand {
         Exit status of run: the guest's debug-exit value v gives (v<<1)|1; 0 after a reset or
         clean stop; 2 for an error of the VMM or its input; 3 when the guest crashed.
         """,
-        subcommands: [Run.self, Recv.self, Send.self, StatusCommand.self, Cancel.self, Inspect.self],
+        subcommands: [Run.self, Recv.self, Send.self, StatusCommand.self, Cancel.self, StopCommand.self, ContCommand.self,
+                      QuitCommand.self, Inspect.self],
         defaultSubcommand: nil)
 
     static func main() {
@@ -34,6 +36,11 @@ enum Status {
 func fail(_ message: String, code: Int32 = Status.usageOrHostError) -> ExitCode {
     FileHandle.standardError.write(Data("swiftvmm: error: \(message)\n".utf8))
     return ExitCode(code)
+}
+
+/// The one warning for a migration over a network without a key.
+func warnUnauthenticated(_ endpoint: Endpoint) {
+    note("warning: the migration stream on \(endpoint) is neither authenticated nor encrypted: anyone on the path can read or alter the guest's memory (use --key-file on both sides)")
 }
 
 func note(_ message: String) {

@@ -55,9 +55,10 @@ public final class MigrationRig: @unchecked Sendable {
 
     /// Starts `swiftvmm recv` listening on `listen`, with its own API socket; returns once it
     /// says it is waiting for a migration.
-    public func target(listen: String, extra: [String] = []) throws -> (Child, String) {
+    public func target(listen: String, extra: [String] = [], environment: [String: String] = [:]) throws -> (Child, String) {
         let api = nextSocket("tapi")
-        let c = try Child(swiftvmm, ["recv", "--listen", listen, "--api-socket", api] + extra, name: namePrefix + "target")
+        let c = try Child(swiftvmm, ["recv", "--listen", listen, "--api-socket", api] + extra, name: namePrefix + "target",
+                          environment: environment)
         guard c.waitForStderr("waiting for a migration", timeout: 30) else {
             throw HarnessError("recv never said it was waiting for a migration\n\(c.transcript)")
         }

@@ -12,7 +12,15 @@ final class FaultyLink: @unchecked Sendable {
         case hangUpAfterSourceBytes(Int)
         /// Close both sides as soon as the target sends a section of this type.
         case hangUpWhenTargetSends(SectionType)
+        /// Close both sides as soon as the source sends a section of this type (unsealed streams).
+        case hangUpWhenSourceSends(SectionType)
+        /// Pass everything through (the source's bytes are kept in `captured`).
+        case none
     }
+
+    /// Everything the source sent through the link.
+    var captured: [UInt8] { lock.lock(); defer { lock.unlock() }; return sourceBytes }
+    private var sourceBytes: [UInt8] = []
 
     let endpoint: Endpoint
     private let listener: Int32
@@ -67,9 +75,13 @@ final class FaultyLink: @unchecked Sendable {
             case .hangUpWhenTargetSends(let type) where !fromSource:
                 pending += chunk
                 if containsSection(type, in: &pending) { shutDown(); return }
+            case .hangUpWhenSourceSends(let type) where fromSource:
+                pending += chunk
+                if containsSection(type, in: &pending) { shutDown(); return }
             default:
                 break
             }
+            if fromSource { lock.lock(); sourceBytes += chunk; lock.unlock() }
             writeRaw(to, chunk)
             offset += n
         }

@@ -141,18 +141,53 @@ struct InProcessMigrationTests {
         #expect(migration.targetSerial.output.isEmpty)
     }
 
-    @Test("after `go` the source never resumes: when `running` is lost, exactly one copy runs — on the target")
+    @Test("`running` lost after `go`: the source keeps its copy paused and in doubt; the target runs the guest; the operator stops the source")
     func lostRunningLeavesOneCopy() throws {
         let guest = try LocalGuest("memtouch.elf", cmdline: Self.memtouch)
         let migration = try LocalMigration()
         let link = try FaultyLink(in: migration.dir, to: migration.endpoint, fault: .hangUpWhenTargetSends(.running))
-        let result = Result { try MigrationSource(vm: guest.vm, options: SendOptions(endpoint: link.endpoint)).run() }
-        let sourceError = "\(result.failure.map { "\($0)" } ?? "")"
-        #expect(sourceError.contains("did not confirm"), "\(sourceError)")
-        if case .internalError(let why)? = guest.vm.stopReason { #expect(why.contains("may be running on the target") == true) } else {
-            Issue.record("source not stopped: \(String(describing: guest.vm.stopReason))")
-        }
+        let source = MigrationSource(vm: guest.vm, options: SendOptions(endpoint: link.endpoint))
+        let result = Result { try source.run() }
+        guard case .inDoubt? = result.failure as? MigrationError else { Issue.record("\(String(describing: result.failure))"); return }
+        #expect(source.progress.snapshot.phase == .inDoubt)
+        #expect(guest.vm.stopReason == nil && guest.vm.isPaused)
         _ = try #require(migration.targetResult()?.success)
         #expect(migration.targetSerial.waitFor("HEARTBEAT"), "the target does not run the guest")
+        guest.vm.stop(.signal(SIGTERM))          // the operator's `quit` on the source
+    }
+
+    /// A hand-off broken between `go` leaving the source and reaching the target: both sides
+    /// hold a paused copy; the operator resumes one.
+    func inDoubtBothSides() throws -> (LocalGuest, MigrationSource, LocalMigration) {
+        let guest = try LocalGuest("memtouch.elf", cmdline: Self.memtouch)
+        let migration = try LocalMigration()
+        let link = try FaultyLink(in: migration.dir, to: migration.endpoint, fault: .hangUpWhenSourceSends(.go))
+        let source = MigrationSource(vm: guest.vm, options: SendOptions(endpoint: link.endpoint))
+        let result = Result { try source.run() }
+        guard case .inDoubt? = result.failure as? MigrationError else { throw MigrationError.usage("source: \(String(describing: result.failure))") }
+        guard case .inDoubt? = migration.targetResult()?.failure as? MigrationError else {
+            throw MigrationError.usage("target: \(String(describing: migration.targetResult()))")
+        }
+        #expect(source.progress.snapshot.phase == .inDoubt && migration.target.progress.snapshot.phase == .inDoubt)
+        #expect(guest.vm.isPaused && migration.target.heldMachine?.isPaused == true)
+        return (guest, source, migration)
+    }
+
+    @Test("`go` lost on the way: both sides hold the guest paused; resumed on the source, it PASSes there")
+    func inDoubtResumedOnSource() throws {
+        let (guest, source, migration) = try inDoubtBothSides()
+        #expect(source.resumeHere())
+        #expect(guest.beatsAgain())
+        migration.target.heldMachine?.tearDown(.signal(SIGTERM))      // `quit` on the target
+        #expect(migration.targetSerial.output.isEmpty)
+    }
+
+    @Test("`go` lost on the way: resumed on the target instead, the guest continues there")
+    func inDoubtResumedOnTarget() throws {
+        let (guest, _, migration) = try inDoubtBothSides()
+        #expect(migration.target.resumeHere())
+        #expect(migration.targetSerial.waitFor("HEARTBEAT"), "the target does not run the guest")
+        guest.vm.stop(.signal(SIGTERM))                                 // `quit` on the source
+        migration.target.heldMachine?.tearDown(.signal(SIGTERM))
     }
 }

@@ -7,6 +7,10 @@ public enum MigrationPhase: String, Sendable {
     case completed, failed, cancelled
     case waiting = "waiting"      // target: listening for a source
     case receiving                // target: pages arriving
+    /// The one window where neither side can know the outcome (`go` sent but `running` not
+    /// received, or `ready` sent but `go` never came): this side holds a complete copy of the
+    /// guest, paused, until the operator resumes it (`cont`) or drops it (`quit`).
+    case inDoubt = "in-doubt"
 }
 
 /// Figures of one pre-copy round.

@@ -1,6 +1,7 @@
 /// The opening of a migration, the same on both sides: preambles, `hello`, and — with a
 /// pre-shared key — mutual proof of the key (an HMAC over both nonces and the prover's role,
-/// so neither proof can be replayed as the other).
+/// so neither proof can be replayed as the other), after which both directions are sealed
+/// (`StreamKeys`).
 enum Handshake {
     /// What the handshake established.
     struct Result {
@@ -35,6 +36,7 @@ enum Handshake {
                 throw MigrationError.auth("authentication failed: the target's key differs from --key-file")
             }
             try conn.send(AuthProof(proof: Auth.proof(key: key, role: .source, first: peerNonce, second: nonce).hexString))
+            conn.startSealing(StreamKeys.derive(key: key, sourceNonce: nonce, targetNonce: peerNonce, role: .source))
         }
         return Result(localNonce: nonce, peerNonce: peerNonce, peerVMMVersion: reply.vmmVersion)
     }
@@ -79,6 +81,7 @@ enum Handshake {
             conn.sendError("authentication failed: wrong key")
             throw MigrationError.auth("authentication failed: the source's key differs from --key-file")
         }
+        conn.startSealing(StreamKeys.derive(key: key, sourceNonce: sourceNonce, targetNonce: nonce, role: .target))
         return Result(localNonce: nonce, peerNonce: sourceNonce, peerVMMVersion: hello.vmmVersion)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Machine
 
 /// How `send` migrates.
@@ -17,6 +18,8 @@ public struct SendOptions: Sendable {
     public var streamVersion: UInt32 = Wire.streamVersion
     /// Test hook: stay paused this long in stop-and-copy before committing (cancel still works).
     public var holdBeforeCommitMs: Double = 0
+    /// Give up when the target makes no progress for this many seconds (nil: never).
+    public var timeout: Double? = 30
 
     public init(endpoint: Endpoint) { self.endpoint = endpoint }
 }
@@ -37,6 +40,7 @@ public final class MigrationSource: @unchecked Sendable {
     public let progress = ProgressBox()
     public let uuid: String
     private let cancellation = Cancellation()
+    private let inDoubtSession = Mutex<SourceSession?>(nil)
 
     public init(vm: VM, options: SendOptions, uuid: String = UUID().uuidString.lowercased()) {
         self.vm = vm
@@ -50,6 +54,19 @@ public final class MigrationSource: @unchecked Sendable {
     public func cancel(_ reason: String = "migration cancelled") {
         let phase = progress.snapshot.phase
         cancellation.cancel(reason, interrupt: phase == .setup || phase == .handoff || phase == .idle)
+    }
+
+    /// After an in-doubt hand-off, the operator's choice to run the guest here: the devices and
+    /// vCPUs resume, dirty logging and throttling stop. Returns false when nothing was in doubt.
+    @discardableResult
+    public func resumeHere() -> Bool {
+        guard let s = inDoubtSession.withLock({ s -> SourceSession? in defer { s = nil }; return s }) else { return false }
+        s.vm.stopDirtyLog()
+        s.vm.setThrottle(percent: 0)
+        s.vm.devices.unquiesce()
+        s.vm.resume()
+        progress.update { $0.phase = .failed; $0.error = "resumed on the source after an in-doubt hand-off" }
+        return true
     }
 
     public func run() throws -> MigrationReport {
@@ -70,21 +87,23 @@ public final class MigrationSource: @unchecked Sendable {
             progress.update { $0.phase = .completed; $0.predictedDowntimeMs = session.report.downtimeMs }
             return session.report
         } catch {
-            let error = cancellation.explain(error)
+            let error = cancellation.explain(error).naming(phase: progress.snapshot.phase, guest: "the guest keeps running on the source")
             let cancelled = (error as? MigrationError)?.isCancellation == true
             if !session.committed, let conn = session.connection {
                 try? conn.send(CancelNotice(desc: cancelled ? "migration cancelled on the source" : "source aborted: \(error)"))
             }
             runner.rollBack()
             session.connection?.close()
-            progress.update { $0.phase = cancelled ? .cancelled : .failed; $0.error = "\(error)"; $0.throttlePercent = 0 }
+            let phase: MigrationPhase = session.inDoubt ? .inDoubt : (cancelled ? .cancelled : .failed)
+            progress.update { $0.phase = phase; $0.error = "\(error)"; $0.throttlePercent = 0 }
+            if session.inDoubt { inDoubtSession.withLock { $0 = session } }
             throw error
         }
     }
 }
 
 /// What the source's phases share.
-final class SourceSession {
+final class SourceSession: @unchecked Sendable {
     let vm: VM
     let options: SendOptions
     let uuid: String
@@ -95,6 +114,8 @@ final class SourceSession {
     var report = MigrationReport()
     /// `go` was sent: from here on nothing is rolled back.
     var committed = false
+    /// `go` was sent and `running` never came: the paused guest waits for the operator.
+    var inDoubt = false
     var policy: ConvergencePolicy
     let limiter: RateLimiter
     var encoder: PageEncoder?

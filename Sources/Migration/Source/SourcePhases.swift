@@ -8,12 +8,15 @@ final class SourceConnect: MigrationStep {
     func run(_ s: SourceSession) throws {
         MessageCodec.warmUp()
         let conn = Connection(fd: try Transport.connect(s.options.endpoint))
+        conn.idleTimeout = s.options.timeout
+        Transport.setTCPTimeouts(conn.fd, seconds: s.options.timeout)
         s.connection = conn
         s.cancellation.attach(conn)
         try s.cancellation.check()
         let hello = Hello(streamVersion: s.options.streamVersion, vmmVersion: SwiftVMMVersion.string,
                           name: s.vm.config.name, uuid: s.uuid, nonce: "", hasKey: false)
         _ = try Handshake.initiate(conn, hello: hello, key: s.options.key)
+        Faults.hit(.afterHello, .source, conn)
     }
 }
 
@@ -26,6 +29,7 @@ final class SourcePreCheck: MigrationStep {
         let description = MachineDescription.of(s.vm, uuid: s.uuid)
         try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
         _ = try conn.expect(Accept.self)
+        Faults.hit(.afterPrecheck, .source, conn)
         try s.cancellation.check()
         s.report.setupMs = (Clock.monotonic() - s.started) * 1000
     }
@@ -47,8 +51,10 @@ final class SourcePreCopy: MigrationStep {
         let encoder = PageEncoder(memory: s.vm.memory, connection: conn, compression: s.options.compression)
         s.encoder = encoder
         var totalWire: UInt64 = 0
+        var faultedRounds = Set<Bool>()
         encoder.afterBatch = { [s] wire in
             totalWire += UInt64(wire)
+            if faultedRounds.insert(s.round > 0).inserted { Faults.hit(s.round > 0 ? .midRoundN : .midRound0, .source, conn) }
             s.limiter.consume(wire)
             if conn.hasIncoming() {
                 // Mid-round the target only speaks to report an error or a cancel.
@@ -160,8 +166,10 @@ final class SourceStopAndCopy: MigrationStep {
         let blob = try FDTCodec.encode(state)
         let conn = try s.conn()
         try conn.send(.state, bytes: blob)
+        Faults.hit(.afterState, .source, conn)
         s.report.stateBytes = blob.count
         _ = try conn.expect(Ready.self)
+        Faults.hit(.afterReady, .source, conn)
         s.report.stateMs = (Clock.monotonic() - stateStart) * 1000
         try hold(s)
         try s.cancellation.check()
@@ -190,12 +198,16 @@ final class SourceHandOff: MigrationStep {
 
     func run(_ s: SourceSession) throws {
         let conn = try s.conn()
+        // A `go` the socket refused was never delivered: the failure rolls back, the guest
+        // resumes here. Once it is written, the target may run the guest.
         try conn.send(Go(pausedAtNs: s.report.pausedAtWallNs))
         s.committed = true
+        Faults.hit(.afterGo, .source, conn)
         let running: Running
         do { running = try conn.expect(Running.self) } catch {
-            s.vm.stop(.internalError("migration committed but the target never confirmed it runs the guest (\(error)); the guest may be running on the target"))
-            throw MigrationError.connection("committed, but the target did not confirm it runs the guest: \(error). The source copy is stopped; check the target.")
+            // In doubt: keep the paused copy; the operator decides which side runs the guest.
+            s.inDoubt = true
+            throw MigrationError.inDoubt("the target never confirmed it runs the guest after `go` (\(error)); the guest is paused here — resume it here (swiftvmm cont) only if the target does not run it, else stop it (swiftvmm quit)")
         }
         let ack = Clock.monotonic()
         let pausedMono = s.report.pausedAtMonotonic

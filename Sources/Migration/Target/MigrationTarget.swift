@@ -11,6 +11,8 @@ public struct ReceiveOptions: Sendable {
     public var expectCPUs: Int?
     /// How the guest's machine is built here (its disks, NICs, serial, withheld CPU features).
     public var machine: TargetMachineBuilder
+    /// Give up when the source makes no progress for this many seconds (nil: never).
+    public var timeout: Double? = 30
 
     public init(endpoint: Endpoint, machine: TargetMachineBuilder = TargetMachineBuilder()) {
         self.endpoint = endpoint
@@ -68,6 +70,19 @@ public final class MigrationTarget: @unchecked Sendable {
         if let p = boundPath { unlink(p); boundPath = nil }
     }
 
+    /// After an in-doubt hand-off: the paused machine that holds the guest.
+    public var heldMachine: VM? { session.flatMap { $0.inDoubt ? $0.vm : nil } }
+
+    /// After an in-doubt hand-off, the operator's choice to run the guest here. Returns false
+    /// when nothing was in doubt.
+    @discardableResult
+    public func resumeHere() -> Bool {
+        guard let s = session, s.inDoubt, !s.resumed else { return false }
+        do { try s.resumeGuest() } catch { return false }
+        progress.update { $0.phase = .completed; $0.error = "resumed on the target after an in-doubt hand-off" }
+        return true
+    }
+
     /// Aborts the receive before the commit; the source resumes its guest.
     public func cancel(_ reason: String = "migration cancelled on the target") {
         cancellation.cancel(reason, interrupt: true)
@@ -78,7 +93,7 @@ public final class MigrationTarget: @unchecked Sendable {
         if takeListener() < 0 { try listen() }
         let session = TargetSession(target: self, options: options, progress: progress, cancellation: cancellation)
         self.session = session
-        var runner = PhaseRunner(session: session, progress: progress, committed: { session.resumed })
+        var runner = PhaseRunner(session: session, progress: progress, committed: { session.resumed || session.inDoubt })
         do {
             try runner.run(TargetAccept())
             try runner.run(TargetPreCheck())
@@ -87,7 +102,7 @@ public final class MigrationTarget: @unchecked Sendable {
             guard let vm = session.vm else { throw MigrationError.machine("no machine after the hand-off") }
             return vm
         } catch {
-            let error = cancellation.explain(error)
+            let error = cancellation.explain(error).naming(phase: progress.snapshot.phase, guest: "nothing ran here")
             if let conn = session.connection {
                 // Tell the source why, unless the reason came from it.
                 let fromSource: Bool
@@ -101,7 +116,8 @@ public final class MigrationTarget: @unchecked Sendable {
             }
             runner.rollBack()
             closeListener()
-            progress.update { $0.phase = cancellation.isCancelled ? .cancelled : .failed; $0.error = "\(error)" }
+            let phase: MigrationPhase = session.inDoubt ? .inDoubt : (cancellation.isCancelled ? .cancelled : .failed)
+            progress.update { $0.phase = phase; $0.error = "\(error)" }
             throw error
         }
     }
@@ -123,6 +139,10 @@ final class TargetSession {
     var announcers: [any AnnouncingDevice] = []
     /// The guest runs here: nothing is rolled back any more.
     var resumed = false
+    /// `ready` was sent: the paused machine holds the whole guest.
+    var holdsCompleteCopy = false
+    /// The hand-off broke in the window where the outcome is unknown: keep the paused copy.
+    var inDoubt = false
     var resumedAtNanos: UInt64 = 0
 
     init(target: MigrationTarget, options: ReceiveOptions, progress: ProgressBox, cancellation: Cancellation) {
@@ -140,6 +160,16 @@ final class TargetSession {
     func machine() throws -> VM {
         guard let vm else { throw MigrationError.machine("the target machine is not built") }
         return vm
+    }
+
+    /// Runs the guest here: vCPUs and devices resume, NICs announce the guest's new place.
+    func resumeGuest() throws {
+        let vm = try machine()
+        resumed = true
+        vm.resume()
+        vm.devices.unquiesce()
+        resumedAtNanos = Clock.wallNanos()
+        for nic in announcers { nic.announce() }
     }
 }
 

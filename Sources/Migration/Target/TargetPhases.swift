@@ -26,6 +26,8 @@ final class TargetAccept: MigrationStep {
                 continue
             }
             Transport.setReceiveTimeout(fd, seconds: 0)
+            c.idleTimeout = s.options.timeout
+            Transport.setTCPTimeouts(fd, seconds: s.options.timeout)
             s.connection = c
             break
         }
@@ -34,6 +36,7 @@ final class TargetAccept: MigrationStep {
         s.progress.update { $0.phase = .setup }
         guard let hello = s.hello else { throw MigrationError.stream("no hello") }
         _ = try Handshake.respond(try s.conn(), preambleVersion: s.preambleVersion, hello: hello, key: s.options.key)
+        Faults.hit(.afterHello, .target, s.connection)
         try s.cancellation.check()
     }
 }
@@ -64,6 +67,7 @@ final class TargetPreCheck: MigrationStep {
         vm.start(paused: true)
         vm.devices.quiesce()
         try conn.send(Accept(name: vm.config.name))
+        Faults.hit(.afterPrecheck, .target, conn)
         s.progress.update { $0.memoryBytes = desc.memorySize }
     }
 
@@ -106,11 +110,14 @@ final class TargetReceive: MigrationStep {
         let conn = try s.conn()
         let vm = try s.machine()
         let decoder = PageDecoder(memory: vm.memory)
+        var round = 0
+        var faulted = Set<Bool>()
         while true {
             let section = try conn.receive()
             switch section.type {
             case .pages:
                 try decoder.apply(section.payload)
+                if faulted.insert(round > 0).inserted { Faults.hit(round > 0 ? .midRoundN : .midRound0, .target, conn) }
                 let c = decoder.counters
                 s.progress.update {
                     $0.wireBytes = c.wireBytes
@@ -121,6 +128,7 @@ final class TargetReceive: MigrationStep {
                 // pre-copy, so the guest's downtime never does.
                 try s.slots?.wait()
                 let end = try section.message(RoundEnd.self)
+                round = end.round + 1
                 try conn.send(RoundAck())
                 s.progress.update {
                     $0.round = end.round + 1
@@ -141,7 +149,10 @@ final class TargetReceive: MigrationStep {
                 do { node = try FDTCodec.decode(section.payload) } catch { throw MigrationError.stream("machine state: \(error)") }
                 do { try vm.restoreMachineState(node) } catch { throw MigrationError.machine("cannot load the machine state: \(error)") }
                 try s.cancellation.check()
+                Faults.hit(.afterState, .target, conn)
                 try conn.send(Ready())
+                s.holdsCompleteCopy = true
+                Faults.hit(.afterReady, .target, conn)
                 return
             default:
                 try Connection.raiseIfAbort(section)
@@ -157,14 +168,15 @@ final class TargetHandOff: MigrationStep {
 
     func run(_ s: TargetSession) throws {
         let conn = try s.conn()
-        let vm = try s.machine()
-        let go = try conn.expect(Go.self)
+        let go: Go
+        do { go = try conn.expect(Go.self) } catch {
+            try holdIfInDoubt(s, error)
+            throw error
+        }
+        Faults.hit(.afterGo, .target, conn)
         // Committed by the source: from here on the guest runs here.
-        s.resumed = true
-        vm.resume()
-        vm.devices.unquiesce()
-        s.resumedAtNanos = Clock.wallNanos()
-        for nic in s.announcers { nic.announce() }
+        try s.resumeGuest()
+        Faults.hit(.beforeRunning, .target, conn)
         try? conn.send(Running(resumedAtNs: s.resumedAtNanos))
         // The source's pause time came with `go`: the downtime as this side saw it.
         let resumed = s.resumedAtNanos
@@ -174,6 +186,19 @@ final class TargetHandOff: MigrationStep {
         }
         conn.close()
         s.connection = nil
+    }
+
+    /// `ready` was sent and `go` did not come. A source that said why (cancel, error) has not
+    /// committed: everything is discarded. Silence or a broken connection could hide a `go`
+    /// already sent: the paused copy stays, for the operator.
+    private func holdIfInDoubt(_ s: TargetSession, _ error: Error) throws {
+        switch error as? MigrationError {
+        case .cancelled?, .peer?: return
+        default: break
+        }
+        guard !s.cancellation.isCancelled else { return }
+        s.inDoubt = true
+        throw MigrationError.inDoubt("the source's `go` never came after `ready` (\(error)); the guest's complete state is paused here — resume it here (swiftvmm cont) only if the source does not run it, else stop it (swiftvmm quit)")
     }
 }
 

@@ -11,6 +11,11 @@ public final class Connection: ByteSource, @unchecked Sendable {
     public private(set) var bytesWritten: UInt64 = 0
     public private(set) var bytesRead: UInt64 = 0
     private var readBuffer = [UInt8](repeating: 0, count: 256 * 1024)
+    /// A read or write that makes no progress for this long fails with `.stalled` (nil: wait
+    /// forever). A peer that closes is noticed at once; this is for one that stops answering.
+    public var idleTimeout: Double?
+    private var sealer: SectionSealer?
+    private var opener: SectionOpener?
     private var readStart = 0
     private var readEnd = 0
 
@@ -30,6 +35,15 @@ public final class Connection: ByteSource, @unchecked Sendable {
 
     private var reader: SectionReader { SectionReader(self) }
 
+    /// From now on every section is sealed both ways (after a keyed handshake).
+    func startSealing(_ keys: StreamKeys) {
+        sealer = SectionSealer(key: keys.seal)
+        opener = SectionOpener(key: keys.open)
+    }
+
+    /// Sections are sealed.
+    public var isSealed: Bool { sealer != nil }
+
     // MARK: raw I/O
 
     func writeAll(_ parts: [UnsafeRawBufferPointer]) throws {
@@ -42,10 +56,11 @@ public final class Connection: ByteSource, @unchecked Sendable {
                 var msg = msghdr()
                 msg.msg_iov = p.baseAddress
                 msg.msg_iovlen = min(p.count, 64)
-                return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
+                return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
             }
             if n < 0 {
                 if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { try waitReady(Int16(POLLOUT), "sending"); continue }
                 throw lostWhileSending(errno)
             }
             bytesWritten += UInt64(n)
@@ -82,6 +97,7 @@ public final class Connection: ByteSource, @unchecked Sendable {
                 continue
             }
             let want = out.count - done
+            try waitReady(Int16(POLLIN), "receiving")
             let n: Int
             if want >= readBuffer.count / 2, let d = out.baseAddress {
                 // Big payloads go straight into the caller's buffer.
@@ -91,11 +107,28 @@ public final class Connection: ByteSource, @unchecked Sendable {
             }
             if n < 0 {
                 if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    throw MigrationError.stalled("no data from the peer within its receive timeout")
+                }
                 throw MigrationError.connection("connection lost while receiving: \(String(cString: strerror(errno)))")
             }
             if n == 0 { throw MigrationError.connection("connection closed by peer") }
             bytesRead += UInt64(n)
             if want >= readBuffer.count / 2 { done += n } else { readStart = 0; readEnd = n }
+        }
+    }
+
+    /// Waits until the socket is ready for `events`, at most `idleTimeout`.
+    private func waitReady(_ events: Int16, _ doing: String) throws {
+        guard let timeout = idleTimeout else { return }
+        var p = pollfd(fd: fd, events: events, revents: 0)
+        while true {
+            let r = poll(&p, 1, Int32(min(timeout * 1000, Double(Int32.max))))
+            if r < 0 && errno == EINTR { continue }
+            if r == 0 {
+                throw MigrationError.stalled(String(format: "the peer stopped answering: nothing moved for %g s while %@", timeout, doing))
+            }
+            return
         }
     }
 
@@ -125,6 +158,7 @@ public final class Connection: ByteSource, @unchecked Sendable {
 
     /// Sends one section whose payload is the concatenation of `parts` (no copy).
     public func send(_ type: SectionType, parts: [UnsafeRawBufferPointer], optional: Bool = false) throws {
+        if let sealer { return try sendSealed(type, parts: parts, optional: optional, sealer) }
         let total = parts.reduce(0) { $0 + $1.count }
         let header = SectionFraming.header(type: type.rawValue, optional: optional, length: total)
         var crc = header.withUnsafeBytes { CRC32C.update(0, $0) }
@@ -133,6 +167,21 @@ public final class Connection: ByteSource, @unchecked Sendable {
         try header.withUnsafeBytes { h in
             try trailer.withUnsafeBytes { t in
                 try writeAll([h] + parts + [t])
+            }
+        }
+    }
+
+    private func sendSealed(_ type: SectionType, parts: [UnsafeRawBufferPointer], optional: Bool, _ sealer: SectionSealer) throws {
+        var plain = [UInt8]()
+        plain.reserveCapacity(4 + parts.reduce(0) { $0 + $1.count })
+        plain += [UInt8(type.rawValue >> 8), UInt8(type.rawValue & 0xff), 0, optional ? 1 : 0]
+        for p in parts { plain.append(contentsOf: p) }
+        let header = SectionFraming.header(type: SectionType.sealed.rawValue, optional: false,
+                                           length: plain.count + SectionSealer.tagSize)
+        let box = try sealer.seal(plain, header: header)
+        try header.withUnsafeBytes { h in
+            try box.ciphertext.withUnsafeBytes { c in
+                try box.tag.withUnsafeBytes { t in try writeAll([h, c, t]) }
             }
         }
     }
@@ -152,7 +201,7 @@ public final class Connection: ByteSource, @unchecked Sendable {
     }
 
     /// Reads the next section the reader understands, skipping unknown optional ones.
-    public func receive() throws -> Section { try reader.read() }
+    public func receive() throws -> Section { try reader.read(opener: opener) }
 
     /// Receives a section and fails unless it is of `type` (an `error` section becomes `.peer`,
     /// a `cancel` section `.cancelled`).

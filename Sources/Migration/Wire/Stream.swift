@@ -19,9 +19,15 @@
 ///   `required-features` holds a name it does not know.
 /// - Numbers are big-endian; lengths are checked against `maxSectionLength` before any
 ///   allocation; every section is checksummed.
+/// - With a pre-shared key on both sides, every section after the handshake (after the
+///   source's `auth`, and the target's check of it) is a `sealed` section instead: no CRC, an
+///   AES-256-GCM tag, the real type inside — the construction is described at `StreamKeys`.
+///   A side that seals refuses any unsealed section but an `error` report, which it shows as
+///   unauthenticated.
 public enum Wire {
     public static let magic: [UInt8] = Array("SWIFTVMM".utf8)
-    public static let streamVersion: UInt32 = 1
+    /// 2: sealed sections; typed JSON messages; `state-v2` component states.
+    public static let streamVersion: UInt32 = 2
     public static let maxSectionLength = 64 << 20
     /// FDT feature names this reader understands (see `required-features`).
     public static let knownFeatures: Set<String> = ["pages-v1", "state-v2"]
@@ -46,6 +52,7 @@ public enum SectionType: UInt16, Sendable, CaseIterable {
     case cancel = 13        // S→R: abort; the target discards everything (JSON)
     case progress = 14      // S→R: sender progress for the target's status (JSON, optional)
     case roundAck = 15      // R→S: every page of the round is in guest memory (flow control)
+    case sealed = 16        // either way, after a keyed handshake: any other section, encrypted
 
     public var name: String { String(describing: self) }
 }
@@ -93,6 +100,9 @@ public struct SectionReader {
         public var optional: Bool
         public var payload: [UInt8]
         public var checksumOK: Bool
+        /// The 8 header bytes (a sealed section's authenticated data).
+        public var header: [UInt8]
+        public var isSealed: Bool { rawType == SectionType.sealed.rawValue }
         public var type: SectionType? { SectionType(rawValue: rawType) }
         public var typeName: String { type?.name ?? "type \(rawType)" }
     }
@@ -127,19 +137,28 @@ public struct SectionReader {
             count = len
         }
         if let readError { throw readError }
+        if rawType == SectionType.sealed.rawValue {
+            // Authenticated by its tag when it is opened; no CRC.
+            return RawSection(rawType: rawType, optional: false, payload: payload, checksumOK: true, header: header)
+        }
         var trailer = [UInt8](repeating: 0, count: SectionFraming.trailerSize)
         try trailer.withUnsafeMutableBytes { p throws in try source.readExactly(p) }
         var crc = header.withUnsafeBytes { CRC32C.update(0, $0) }
         crc = payload.withUnsafeBytes { CRC32C.update(crc, $0) }
         return RawSection(rawType: rawType, optional: header[3] & 1 != 0, payload: payload,
-                          checksumOK: crc == SectionFraming.bigEndian32(trailer))
+                          checksumOK: crc == SectionFraming.bigEndian32(trailer), header: header)
     }
 
     /// The next section this reader understands: a bad checksum or an unknown required type
-    /// fails, an unknown optional type is skipped.
-    public func read() throws -> Section {
+    /// fails, an unknown optional type is skipped. With `opener`, sections must be sealed.
+    func read(opener: SectionOpener? = nil) throws -> Section {
         while true {
-            let raw = try readRaw()
+            var raw = try readRaw()
+            if let opener {
+                raw = try unseal(raw, opener)
+            } else if raw.isSealed {
+                throw MigrationError.auth("the peer seals its stream, but this side has no key (--key-file)")
+            }
             guard raw.checksumOK else {
                 throw MigrationError.stream("checksum mismatch in \(raw.typeName) section (\(raw.payload.count) bytes): the stream was corrupted")
             }
@@ -149,6 +168,23 @@ public struct SectionReader {
             }
             return Section(type: type, payload: raw.payload)
         }
+    }
+
+    /// The section inside a sealed one. An unsealed `error` report is let through as the
+    /// peer's unauthenticated word (it can only end the migration, as a cut wire would); any
+    /// other unsealed section is refused.
+    private func unseal(_ raw: RawSection, _ opener: SectionOpener) throws -> RawSection {
+        guard raw.isSealed else {
+            if raw.type == .error && raw.checksumOK {
+                let desc = (try? Section(type: .error, payload: raw.payload).message(ErrorReport.self))?.desc ?? "unknown error"
+                throw MigrationError.peer("\(desc) (unauthenticated)")
+            }
+            throw MigrationError.stream("stream authentication failed at section \(opener.sequence): an unsealed \(raw.typeName) section")
+        }
+        let plain = try opener.open(raw.payload, header: raw.header)
+        guard plain.count >= 4 else { throw SectionOpener.failed(opener.sequence - 1) }
+        return RawSection(rawType: UInt16(plain[0]) << 8 | UInt16(plain[1]), optional: plain[3] & 1 != 0,
+                          payload: Array(plain[4...]), checksumOK: true, header: raw.header)
     }
 }
 

@@ -24,6 +24,15 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         throw MigrationError.usage("'\(text)' is not tcp:HOST:PORT or unix:PATH")
     }
 
+    /// The stream stays on this host: a UNIX socket, or TCP to a loopback address.
+    public var isLocal: Bool {
+        switch self {
+        case .unix: return true
+        case .tcp(let host, _):
+            return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        }
+    }
+
     public var description: String {
         switch self {
         case .tcp(let h, let p): return "tcp:\(h):\(p)"
@@ -42,6 +51,25 @@ public enum Transport {
         var buf: Int32 = 4 << 20
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// For a TCP socket: keepalive probes while idle, and TCP_USER_TIMEOUT, so that a peer that
+    /// vanished (a black-holed route) is noticed by the kernel within `seconds` too.
+    public static func setTCPTimeouts(_ fd: Int32, seconds: Double?) {
+        guard let seconds, seconds > 0 else { return }
+        var type: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &type, &len) == 0, type == AF_INET || type == AF_INET6 else { return }
+        func set(_ level: Int32, _ name: Int32, _ value: Int32) {
+            var v = value
+            setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size))
+        }
+        let idle = max(1, Int32(seconds / 3))
+        set(SOL_SOCKET, SO_KEEPALIVE, 1)
+        set(Int32(IPPROTO_TCP), TCP_KEEPIDLE, idle)
+        set(Int32(IPPROTO_TCP), TCP_KEEPINTVL, max(1, idle / 3))
+        set(Int32(IPPROTO_TCP), TCP_KEEPCNT, 3)
+        set(Int32(IPPROTO_TCP), Int32(TCP_USER_TIMEOUT), Int32(min(seconds * 1000, Double(Int32.max))))
     }
 
     /// Makes reads on `fd` fail after `seconds` without data (0: wait forever).
