@@ -6,8 +6,15 @@ import Migration
 ///
 /// Request: `{"execute": "query-status", "arguments": {…}}`.
 /// Reply: `{"return": {…}}` or `{"error": {"class": "GenericError", "desc": "…"}}`.
-/// Access control is the socket file's mode (0600).
+/// Access control is the socket file's mode (0600). Clients are untrusted all the same: a
+/// request line is at most `maxLine` bytes (a longer one gets an error and the connection is
+/// closed), at most `maxClients` are served at once (more are closed at once), and a client that
+/// does not read its replies is dropped after a few seconds rather than holding a thread.
 public final class ControlServer: @unchecked Sendable {
+    public static let maxLine = 1 << 20
+    public static let maxClients = 64
+    /// How long a reply may wait for a client that does not read it.
+    static let sendTimeoutSeconds = 5
     public typealias Handler = @Sendable (_ command: String, _ arguments: [String: Any]) -> ControlReply
 
     public let path: String
@@ -15,6 +22,7 @@ public final class ControlServer: @unchecked Sendable {
     private let handler: Handler
     private let lock = NSLock()
     private var stopped = false
+    private var clients = 0
     /// Called after the reply to `command` was written to its client.
     public var replyWritten: (@Sendable (String) -> Void)?
 
@@ -74,7 +82,22 @@ public final class ControlServer: @unchecked Sendable {
             let c = accept(fd, nil, nil)
             if c < 0 { if errno == EINTR || errno == EAGAIN { continue }; return }
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-            let t = Thread { [self] in self.serve(c) }
+            let admitted = lock.withLock { () -> Bool in
+                guard clients < Self.maxClients else { return false }
+                clients += 1
+                return true
+            }
+            guard admitted else {
+                _ = writeLine(c, ["error": ["class": "GenericError", "desc": "too many clients (at most \(Self.maxClients))"]])
+                close(c)
+                continue
+            }
+            var tv = timeval(tv_sec: Self.sendTimeoutSeconds, tv_usec: 0)
+            setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let t = Thread { [self] in
+                self.serve(c)
+                self.lock.withLock { self.clients -= 1 }
+            }
             t.name = "control-client"
             t.start()
         }
@@ -88,8 +111,15 @@ public final class ControlServer: @unchecked Sendable {
             let n = chunk.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
+            let searchFrom = buffer.count
             buffer.append(contentsOf: chunk[0..<n])
-            guard buffer.count <= 1 << 20 else { return }
+            if buffer[searchFrom...].firstIndex(of: 10) == nil {
+                guard buffer.count <= Self.maxLine else {
+                    _ = writeLine(c, ["error": ["class": "GenericError", "desc": "request line longer than \(Self.maxLine) bytes"]])
+                    return
+                }
+                continue
+            }
             while let nl = buffer.firstIndex(of: 10) {
                 let line = Array(buffer[..<nl])
                 buffer.removeSubrange(...nl)
@@ -105,6 +135,9 @@ public final class ControlServer: @unchecked Sendable {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
               let command = obj["execute"] as? String else {
             return (nil, ["error": ["class": "GenericError", "desc": "request is not a JSON object with \"execute\""]])
+        }
+        guard obj["arguments"] == nil || obj["arguments"] is [String: Any] else {
+            return (command, ["error": ["class": "GenericError", "desc": "\"arguments\" must be a JSON object"]])
         }
         let args = obj["arguments"] as? [String: Any] ?? [:]
         switch handler(command, args) {
