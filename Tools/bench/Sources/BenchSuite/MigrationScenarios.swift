@@ -40,20 +40,26 @@ protocol MigrationScenario: Scenario {
     func timeLimit(_ env: BenchEnvironment) -> Int
     /// swiftvmm's `send --compress`.
     var compress: String { get }
+    /// With a pre-shared key: swiftvmm's sealed stream, QEMU's TLS with a PSK.
+    var sealed: Bool { get }
 }
 
 extension MigrationScenario {
     var compress: String { "lz4" }
+    var sealed: Bool { false }
     func timeLimit(_ env: BenchEnvironment) -> Int { env.quick ? 30 : 60 }
 
     func run(_ env: BenchEnvironment, side: Side, index: Int) throws -> JSONObject {
         let g = try guest(env)
         switch side {
-        case .swiftvmm: return try migrateSwiftVMM(env, tag: name, guest: g, timeLimit: timeLimit(env), compress: compress)
-        case .qemu: return try migrateQEMU(env, tag: name, guest: g, timeLimit: timeLimit(env))
+        case .swiftvmm: return try migrateSwiftVMM(env, tag: name, guest: g, timeLimit: timeLimit(env), compress: compress, sealed: sealed)
+        case .qemu: return try migrateQEMU(env, tag: name, guest: g, timeLimit: timeLimit(env), sealed: sealed)
         }
     }
 }
+
+/// The pre-shared key both VMMs use in the sealed scenarios (32 random bytes, hex).
+let benchKeyHex = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
 
 /// The guest must go on running on the target: a new HEARTBEAT, no FAIL.
 func carriesOn(_ dst: Child) -> (ok: Bool, why: String?) {
@@ -65,8 +71,15 @@ func carriesOn(_ dst: Child) -> (ok: Bool, why: String?) {
     }
 }
 
-func migrateSwiftVMM(_ env: BenchEnvironment, tag: String, guest g: MigrationGuest, timeLimit: Int, compress: String) throws -> JSONObject {
+func migrateSwiftVMM(_ env: BenchEnvironment, tag: String, guest g: MigrationGuest, timeLimit: Int, compress: String,
+                     sealed: Bool = false) throws -> JSONObject {
     let d = try env.runDirectory("swift-\(tag)")
+    var keyArgs: [String] = []
+    if sealed {
+        let key = d.appendingPathComponent("key").path
+        try benchKeyHex.write(toFile: key, atomically: true, encoding: .utf8)
+        keyArgs = ["--key-file", key]
+    }
     let rig = try MigrationRig(swiftvmm: env.swiftvmm, directory: d)
     rig.namePrefix = "swiftvmm-"
     let mig = d.appendingPathComponent("mig.sock").path, rep = d.appendingPathComponent("report.json").path
@@ -75,10 +88,10 @@ func migrateSwiftVMM(_ env: BenchEnvironment, tag: String, guest g: MigrationGue
     let (src, api) = try bench { try rig.source(g.image, cmdline: g.cmdline, memory: g.memory, cpus: 1, name: "bench-src") }
     children.append(src)
     _ = try bench { try src.waitForLine("^HEARTBEAT", timeout: 120) }
-    let (dst, _) = try bench { try rig.target(listen: "unix:\(mig)") }
+    let (dst, _) = try bench { try rig.target(listen: "unix:\(mig)", extra: keyArgs) }
     children.append(dst)
     let send = try bench { try rig.startSend(api, to: "unix:\(mig)", extra: ["--report", rep, "--downtime-ms", "50",
-                                                                             "--max-time", "\(timeLimit)", "--compress", compress]) }
+                                                                             "--max-time", "\(timeLimit)", "--compress", compress] + keyArgs) }
     children.append(send)
     let (term, t1) = try bench { try send.waitForExit(timeout: Double(timeLimit + 60)) }
     let wall = (t1 - send.startTime) * 1000
@@ -137,26 +150,43 @@ func pollMigration(_ sc: JSONLinesClient, since t0: Double, timeLimit: Double) t
     }
 }
 
-func migrateQEMU(_ env: BenchEnvironment, tag: String, guest g: MigrationGuest, timeLimit: Int) throws -> JSONObject {
+func migrateQEMU(_ env: BenchEnvironment, tag: String, guest g: MigrationGuest, timeLimit: Int, sealed: Bool = false) throws -> JSONObject {
     let d = try env.runDirectory("qemu-\(tag)")
     let sq = d.appendingPathComponent("src-qmp.sock").path, dq = d.appendingPathComponent("dst-qmp.sock").path
     let mig = d.appendingPathComponent("mig.sock").path
+    // TLS with a pre-shared key (QEMU's tls-creds-psk: a keys.psk of `username:hexkey` lines).
+    var tls: (source: [String], target: [String]) = ([], [])
+    if sealed {
+        try "qemu:\(benchKeyHex)\n".write(toFile: d.appendingPathComponent("keys.psk").path, atomically: true, encoding: .utf8)
+        tls = (["-object", "tls-creds-psk,id=tls0,endpoint=client,dir=\(d.path),username=qemu"],
+               ["-object", "tls-creds-psk,id=tls0,endpoint=server,dir=\(d.path)"])
+    }
     var children: [Child] = []
     defer { for c in children.reversed() { c.kill() } }
     let src = try bench { try env.start("qemu-source", env.qemuRun(kernel: g.image, memory: g.memory, cmdline: g.cmdline,
-                                                                   extra: ["-qmp", "unix:\(sq),server=on,wait=off"])) }
+                                                                   extra: ["-qmp", "unix:\(sq),server=on,wait=off"] + tls.source)) }
     children.append(src)
     _ = try bench { try src.waitForLine("^HEARTBEAT", timeout: 180) }
     let dst = try bench { try env.start("qemu-target", env.qemuRun(kernel: g.image, memory: g.memory, cmdline: g.cmdline,
                                                                    extra: ["-qmp", "unix:\(dq),server=on,wait=off",
-                                                                           "-incoming", "unix:\(mig)"])) }
+                                                                           "-incoming", sealed ? "defer" : "unix:\(mig)"] + tls.target)) }
     children.append(dst)
+    if sealed {
+        // The destination takes its TLS credentials before it listens.
+        try bench { try Paths.waitFor(dq, timeout: 60, child: dst) }
+        let dc = try bench { try JSONLinesClient.qmp(path: dq, child: dst) }
+        try bench {
+            try dc.execute("migrate-set-parameters", ["tls-creds": .string("tls0")])
+            try dc.execute("migrate-incoming", ["uri": .string("unix:\(mig)")])
+        }
+    }
     try bench { try Paths.waitFor(mig, timeout: 60, child: dst) }
     let sc = try bench { try JSONLinesClient.qmp(path: sq, child: src) }
     try bench {
         try sc.execute("migrate-set-capabilities", ["capabilities": .array([.object([
             "capability": .string("auto-converge"), "state": .bool(!env.options.qemuNoAutoConverge)])])])
         try sc.execute("migrate-set-parameters", ["downtime-limit": .int(50), "max-bandwidth": .int(10 << 30)])
+        if sealed { try sc.execute("migrate-set-parameters", ["tls-creds": .string("tls0")]) }
     }
     let t0 = Monotonic.now()
     try bench { try sc.execute("migrate", ["uri": .string("unix:\(mig)")]) }
@@ -259,6 +289,46 @@ struct MigrateDirtyRaw: MigrationScenario {
         var p = MigrateDirty().params(env)
         p["time_limit_s"] = .int(timeLimit(env))
         p["swiftvmm_compress"] = .string("none")
+        return p
+    }
+
+    func guest(_ env: BenchEnvironment) throws -> MigrationGuest { try MigrateDirty().guest(env) }
+}
+
+let sealedNote = "Sealed: swiftvmm with `--key-file` on both sides (every section after the handshake sealed with "
+    + "AES-256-GCM); QEMU with TLS over a pre-shared key (`tls-creds-psk`, `migrate-set-parameters tls-creds`). "
+    + "Compare with the unsealed scenario of the same name for the cost of sealing."
+
+struct MigrateRandomSealed: MigrationScenario {
+    let name = "migrate-random-sealed"
+    let extra = true
+    let inQuick = false
+    let sealed = true
+    let title = "migrate-random with the stream sealed (swiftvmm --key-file, QEMU TLS-PSK)"
+    let metrics = migrationMetrics
+    let notes = [sealedNote] + MigrateRandom().notes.prefix(1)
+
+    func params(_ env: BenchEnvironment) -> JSONObject {
+        var p = MigrateRandom().params(env)
+        p["sealed"] = .bool(true)
+        return p
+    }
+
+    func guest(_ env: BenchEnvironment) throws -> MigrationGuest { try MigrateRandom().guest(env) }
+}
+
+struct MigrateDirtySealed: MigrationScenario {
+    let name = "migrate-dirty-sealed"
+    let extra = true
+    let inQuick = false
+    let sealed = true
+    let title = "migrate-dirty with the stream sealed (swiftvmm --key-file, QEMU TLS-PSK)"
+    let metrics = MigrateDirty().metrics
+    let notes = [sealedNote, dirtyNote]
+
+    func params(_ env: BenchEnvironment) -> JSONObject {
+        var p = MigrateDirty().params(env)
+        p["sealed"] = .bool(true)
         return p
     }
 
