@@ -15,7 +15,10 @@ struct Recv: ParsableCommand {
         """)
 
     @Option(help: ArgumentHelp("Where to listen.", valueName: "tcp:HOST:PORT|unix:PATH"))
-    var listen: String
+    var listen: String?
+
+    @Option(help: ArgumentHelp("Instead of listening, load the guest from a captured migration stream (the source's half of an unsealed stream, as `inspect` reads it).", valueName: "FILE"))
+    var replay: String?
 
     @Option(help: "Name of the received VM (default: the source's name).")
     var name: String?
@@ -38,12 +41,14 @@ struct Recv: ParsableCommand {
 
     func run() throws {
         try hostCPU.validate()
+        guard (listen == nil) != (replay == nil) else { throw fail("recv needs exactly one of --listen and --replay") }
         let endpoint: Endpoint
-        do { endpoint = try Endpoint.parse(listen) } catch { throw fail("--listen \(error)") }
+        do { endpoint = try Endpoint.parse(listen ?? "unix:/nonexistent") } catch { throw fail("--listen \(error)") }
         if keyFile == nil && !endpoint.isLocal { warnUnauthenticated(endpoint) }
         let machine = TargetMachineBuilder(name: name, serial: try console.sink(), disks: try devices.disks(), nics: try devices.nics(),
                                            cpuidDeny: hostCPU.cpuFeatureDeny, kvmDevice: hostCPU.kvmDevice)
         var options = ReceiveOptions(endpoint: endpoint, machine: machine)
+        options.replay = replay
         do { options.key = try keyFile.map(Auth.loadKey) } catch { throw fail("\(error)") }
         if let m = memory {
             guard let size = ByteSize.parse(m), size > 0 else { throw fail("--memory '\(m)' is not a size") }
@@ -61,7 +66,7 @@ struct Recv: ParsableCommand {
         defer { server?.stop() }
         // Ctrl-C while waiting or receiving cancels; the source resumes its guest.
         Signals.shared.onTerminate { _ in target.cancel("recv was interrupted") }
-        note("waiting for a migration on \(endpoint)")
+        note(replay.map { "loading the guest from \($0)" } ?? "waiting for a migration on \(endpoint)")
         let vm: VM
         do { vm = try target.run() } catch MigrationError.inDoubt(let why) {
             guard let held = target.heldMachine else { throw fail("incoming migration failed: \(why)") }

@@ -13,6 +13,9 @@ public struct ReceiveOptions: Sendable {
     public var machine: TargetMachineBuilder
     /// Give up when the source makes no progress for this many seconds (nil: never).
     public var timeout: Double? = 30
+    /// Instead of listening, read the source's side of a captured stream from this file (the
+    /// target's answers go nowhere): release-compatibility checks and forensics.
+    public var replay: String?
 
     public init(endpoint: Endpoint, machine: TargetMachineBuilder = TargetMachineBuilder()) {
         self.endpoint = endpoint
@@ -49,6 +52,7 @@ public final class MigrationTarget: @unchecked Sendable {
 
     /// Binds the listening socket (fails at once on a busy port or bad path).
     public func listen() throws {
+        if options.replay != nil { return }
         let fd = try Transport.listen(options.endpoint)
         listenerLock.lock()
         listener = fd
@@ -90,7 +94,7 @@ public final class MigrationTarget: @unchecked Sendable {
 
     /// Receives the guest and returns its machine, running. On failure nothing ran here.
     public func run() throws -> VM {
-        if takeListener() < 0 { try listen() }
+        if takeListener() < 0 && options.replay == nil { try listen() }
         let session = TargetSession(target: self, options: options, progress: progress, cancellation: cancellation)
         self.session = session
         var runner = PhaseRunner(session: session, progress: progress, committed: { session.resumed || session.inDoubt })

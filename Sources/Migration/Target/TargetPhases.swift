@@ -10,6 +10,7 @@ final class TargetAccept: MigrationStep {
     static let helloTimeoutSeconds = 10
 
     func run(_ s: TargetSession) throws {
+        if let file = s.options.replay { return try replay(file, s) }
         let listener = s.target.takeListener()
         let tcp: Bool = { if case .tcp = s.options.endpoint { return true }; return false }()
         while true {
@@ -38,6 +39,21 @@ final class TargetAccept: MigrationStep {
         _ = try Handshake.respond(try s.conn(), preambleVersion: s.preambleVersion, hello: hello, key: s.options.key)
         Faults.hit(.afterHello, .target, s.connection)
         try s.cancellation.check()
+    }
+}
+
+extension TargetAccept {
+    /// Opens a captured stream as the connection.
+    func replay(_ file: String, _ s: TargetSession) throws {
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw MigrationError.usage("cannot read the captured stream '\(file)': \(String(cString: strerror(errno)))") }
+        let c = Connection(fd: fd, discardingWrites: true)
+        s.connection = c
+        (s.preambleVersion, s.hello) = try Handshake.readHello(c)
+        s.progress.update { $0.phase = .setup; $0.peer = "replay:\(file)" }
+        guard let hello = s.hello else { throw MigrationError.stream("no hello") }
+        guard !hello.hasKey else { throw MigrationError.usage("'\(file)' was captured from a sealed stream, which only its two peers can read") }
+        _ = try Handshake.respond(c, preambleVersion: s.preambleVersion, hello: hello, key: nil)
     }
 }
 

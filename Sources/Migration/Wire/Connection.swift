@@ -19,7 +19,13 @@ public final class Connection: ByteSource, @unchecked Sendable {
     private var readStart = 0
     private var readEnd = 0
 
-    public init(fd: Int32) { self.fd = fd }
+    /// A connection that only reads: what it would send is dropped (a captured stream replayed).
+    let discardsWrites: Bool
+
+    public init(fd: Int32, discardingWrites: Bool = false) {
+        self.fd = fd
+        self.discardsWrites = discardingWrites
+    }
     deinit { close() }
 
     public func close() {
@@ -47,6 +53,7 @@ public final class Connection: ByteSource, @unchecked Sendable {
     // MARK: raw I/O
 
     func writeAll(_ parts: [UnsafeRawBufferPointer]) throws {
+        if discardsWrites { return }
         var iov = parts.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
         var index = 0
         while index < iov.count && iov[index].iov_len == 0 { index += 1 }
@@ -101,9 +108,9 @@ public final class Connection: ByteSource, @unchecked Sendable {
             let n: Int
             if want >= readBuffer.count / 2, let d = out.baseAddress {
                 // Big payloads go straight into the caller's buffer.
-                n = recv(fd, d + done, want, 0)
+                n = Glibc.read(fd, d + done, want)
             } else {
-                n = readBuffer.withUnsafeMutableBytes { b in recv(fd, b.baseAddress, b.count, 0) }
+                n = readBuffer.withUnsafeMutableBytes { b in Glibc.read(fd, b.baseAddress, b.count) }
             }
             if n < 0 {
                 if errno == EINTR { continue }
@@ -112,7 +119,7 @@ public final class Connection: ByteSource, @unchecked Sendable {
                 }
                 throw MigrationError.connection("connection lost while receiving: \(String(cString: strerror(errno)))")
             }
-            if n == 0 { throw MigrationError.connection("connection closed by peer") }
+            if n == 0 { throw MigrationError.connection(discardsWrites ? "the captured stream ends here" : "connection closed by peer") }
             bytesRead += UInt64(n)
             if want >= readBuffer.count / 2 { done += n } else { readStart = 0; readEnd = n }
         }
