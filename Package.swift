@@ -20,8 +20,10 @@ let package = Package(
         // System libraries used by migration (LZ4 batches, FDT device state).
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CFDT", providers: [.apt(["libfdt-dev"])]),
+        // libseccomp: the system-call filters swiftvmm confines its threads with.
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .target(name: "KVM", dependencies: ["CKVM"]),
-        .target(name: "Machine", dependencies: ["KVM", "CLinux"]),
+        .target(name: "Machine", dependencies: ["KVM", "CLinux", "CSeccomp"]),
         .target(name: "Migration", dependencies: [
             "Machine", "CLZ4", "CFDT", "CFast",
             .product(name: "Crypto", package: "swift-crypto"),

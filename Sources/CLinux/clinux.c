@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 
 int clinux_tap_open(const char *name, short flags, char *actual_name, size_t actual_len) {
     int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
@@ -54,4 +56,51 @@ int clinux_unblock_signal(int signo) {
     sigemptyset(&set);
     sigaddset(&set, signo);
     return -pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+static void clinux_sigsys(int sig, siginfo_t *info, void *ctx) {
+    (void)ctx;
+    char name[16] = {0};
+    prctl(PR_GET_NAME, name, 0, 0, 0);
+    char line[160];
+    int nr = info ? info->si_syscall : -1;
+    int n = 0;
+    const char *a = "swiftvmm: seccomp: thread '";
+    while (*a && n < 100) line[n++] = *a++;
+    for (int i = 0; name[i] && n < 120; i++) line[n++] = name[i];
+    const char *b = "' made forbidden system call ";
+    while (*b && n < 150) line[n++] = *b++;
+    char digits[12];
+    int d = 0;
+    unsigned v = nr < 0 ? 0 : (unsigned)nr;
+    do { digits[d++] = (char)('0' + v % 10); v /= 10; } while (v && d < 11);
+    while (d > 0 && n < 158) line[n++] = digits[--d];
+    line[n++] = '\n';
+    (void)!write(2, line, (size_t)n);
+    signal(sig, SIG_DFL);
+    raise(sig);
+    _exit(128 + sig);
+}
+
+int clinux_install_sigsys_reporter(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = clinux_sigsys;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGSYS, &sa, NULL) < 0 ? -errno : 0;
+}
+
+int clinux_set_no_new_privs(void) {
+    return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ? -errno : 0;
+}
+
+void clinux_set_thread_name(const char *name) {
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+int clinux_try_execve(void) {
+    char *argv[] = { "/bin/true", NULL };
+    char *envp[] = { NULL };
+    return execve("/bin/true", argv, envp) < 0 ? -errno : 0;
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Machine
 import Migration
 
 /// A QMP-like control socket: one JSON object per line in each direction.
@@ -95,6 +96,7 @@ public final class ControlServer: @unchecked Sendable {
             var tv = timeval(tv_sec: Self.sendTimeoutSeconds, tv_usec: 0)
             setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             let t = Thread { [self] in
+                Confinement.confineThread(.control, name: "control-client")
                 self.serve(c)
                 self.lock.withLock { self.clients -= 1 }
             }

@@ -18,6 +18,8 @@ public final class MachineController: @unchecked Sendable {
     private var targetRef: MigrationTarget?
     private var lastReport: [String: Any]?
     private let replyDone = NSCondition()
+    /// Migrations run on this thread, confined to what a migration needs.
+    private let migrations = MigrationWorker()
     private var replyWasWritten = false
 
     public init(name: String, vm: VM?) {
@@ -140,7 +142,7 @@ public final class MachineController: @unchecked Sendable {
         // Only this migration's reply may let the process exit once the guest has moved.
         replyDone.lock(); replyWasWritten = false; replyDone.unlock()
         do {
-            let report = try s.run()
+            let report = try migrations.run { try s.run() }
             lock.lock(); lastReport = report.json; lock.unlock()
             return .ok(report.json)
         } catch {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Machine
 
 /// Devices, for `run` and `recv`.
@@ -60,4 +61,20 @@ func parseMemory(_ text: String) throws -> UInt64 {
     guard size % MemoryMap.pageSize == 0 else { throw fail("--memory \(text) is not a multiple of 4K") }
     do { _ = try MemoryMap(memorySize: size) } catch { throw fail("--memory \(text): \(error)") }
     return size
+}
+
+/// System-call confinement, for `run` and `recv`.
+struct ConfinementOptions: ParsableArguments {
+    @Flag(name: .customLong("no-seccomp"), help: "Do not confine swiftvmm's threads with seccomp filters (for debugging with strace or gdb).")
+    var noSeccomp = false
+
+    /// Locks the process down (unless --no-seccomp) once set-up is over; then a test trigger,
+    /// when SWIFTVMM_SECCOMP_SELFTEST names a thread kind, attempts a forbidden call on one.
+    func lockDown() throws {
+        guard !noSeccomp else { return }
+        do { try Confinement.lockDown() } catch { throw fail("\(error) (run with --no-seccomp to go without)") }
+        if let kind = ProcessInfo.processInfo.environment["SWIFTVMM_SECCOMP_SELFTEST"].flatMap(Confinement.ThreadKind.init) {
+            Confinement.selfTest(kind)
+        }
+    }
 }

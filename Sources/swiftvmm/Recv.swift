@@ -38,6 +38,7 @@ struct Recv: ParsableCommand {
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var console: ConsoleOptions
     @OptionGroup var hostCPU: HostCPUOptions
+    @OptionGroup var confinement: ConfinementOptions
 
     func run() throws {
         try hostCPU.validate()
@@ -66,6 +67,8 @@ struct Recv: ParsableCommand {
         defer { server?.stop() }
         // Ctrl-C while waiting or receiving cancels; the source resumes its guest.
         Signals.shared.onTerminate { _ in target.cancel("recv was interrupted") }
+        try confinement.lockDown()
+        Confinement.confineThread(.migration)
         note(replay.map { "loading the guest from \($0)" } ?? "waiting for a migration on \(endpoint)")
         let vm: VM
         do { vm = try target.run() } catch MigrationError.inDoubt(let why) {

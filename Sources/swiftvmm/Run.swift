@@ -33,6 +33,7 @@ struct Run: ParsableCommand {
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var console: ConsoleOptions
     @OptionGroup var hostCPU: HostCPUOptions
+    @OptionGroup var confinement: ConfinementOptions
 
     func run() throws {
         try hostCPU.validate()
@@ -62,6 +63,10 @@ struct Run: ParsableCommand {
         let socketPath = console.apiSocket ?? (name != "swiftvmm" ? apiSocketPath(for: name) : nil)
         let server = try socketPath.map { try startControlServer(path: $0, controller: controller) }
         defer { server?.stop() }
+        do { try confinement.lockDown() } catch {
+            vm.tearDown(.internalError("not confined"))
+            throw error
+        }
         throw ExitCode(runUntilStopped(vm, controller: controller))
     }
 }

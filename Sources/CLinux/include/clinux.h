@@ -54,6 +54,25 @@ static inline int clinux_pthread_kill(pthread_t thread, int signo) { return -pth
 /// Unblocks `signo` for the calling thread. 0 or -errno.
 int clinux_unblock_signal(int signo);
 
+// MARK: seccomp
+
+/// Installs a SIGSYS handler that reports a system call a seccomp filter refused — one line on
+/// stderr naming the call number and the thread — and then lets SIGSYS kill the process.
+/// 0 or -errno.
+int clinux_install_sigsys_reporter(void);
+
+/// CLONE_THREAD, which <sched.h> only defines with _GNU_SOURCE.
+static inline unsigned long clinux_clone_thread_flag(void) { return 0x00010000UL; }
+
+/// prctl(PR_SET_NO_NEW_PRIVS, 1): required before an unprivileged seccomp filter. 0 or -errno.
+int clinux_set_no_new_privs(void);
+
+/// Names the calling thread (at most 15 bytes are kept).
+void clinux_set_thread_name(const char *name);
+
+/// execve("/bin/true"): what a confined thread must never be able to do (test trigger).
+int clinux_try_execve(void);
+
 // MARK: atomics on plain memory
 
 static inline void clinux_atomic_or64(uint64_t *p, uint64_t bits) { __atomic_fetch_or(p, bits, __ATOMIC_RELAXED); }

@@ -180,6 +180,7 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
     }
 
     private func threadMain(_ v: VCPU) {
+        Confinement.confineThread(.vcpu, name: "vcpu\(v.id)")
         lock.locked { control.threads[Int(v.id)] = pthread_self() }
         _ = clinux_unblock_signal(Self.kickSignal)
         defer {

@@ -26,6 +26,7 @@ final class VirtqueueWorker: @unchecked Sendable {
     func start(name: String, plan: @escaping Plan, handle: @escaping Handler) {
         done.lock(); running = true; done.unlock()
         let t = Thread { [self] in
+            Confinement.confineThread(.device, name: name)
             self.loop(plan: plan, handle: handle)
             self.done.lock(); self.running = false; self.done.broadcast(); self.done.unlock()
         }
