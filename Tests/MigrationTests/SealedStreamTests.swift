@@ -13,8 +13,8 @@ struct SealedStreamTests {
     func sealedPair() throws -> (source: Connection, target: Connection) {
         let (a, b) = try connectionPair()
         let s = [UInt8](repeating: 1, count: 32), t = [UInt8](repeating: 2, count: 32)
-        a.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .source))
-        b.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
+        try a.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .source))
+        try b.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
         return (a, b)
     }
 
@@ -32,7 +32,7 @@ struct SealedStreamTests {
         // On the wire: only sealed sections, and no trace of the marker.
         let (c, d) = try connectionPair()
         let s = [UInt8](repeating: 1, count: 32), t = [UInt8](repeating: 2, count: 32)
-        c.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .source))
+        try c.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .source))
         try c.send(.state, bytes: marker)
         let wire = readRaw(d.fd, 8 + 4 + marker.count + 16)
         #expect(wire[0] == 0 && wire[1] == UInt8(SectionType.sealed.rawValue))
@@ -51,7 +51,7 @@ struct SealedStreamTests {
         for order in [[0, 2], [0, 0], [1, 0]] {
             let (x, y) = try connectionPair()
             let s = [UInt8](repeating: 1, count: 32), t = [UInt8](repeating: 2, count: 32)
-            y.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
+            try y.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
             for i in order { writeRaw(x.fd, frames[i]) }
             var failedAt: UInt64?
             for n in 0..<order.count {
@@ -69,11 +69,11 @@ struct SealedStreamTests {
     func unsealedRefused() throws {
         let (a, b) = try connectionPair()
         let s = [UInt8](repeating: 1, count: 32), t = [UInt8](repeating: 2, count: 32)
-        b.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
+        try b.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
         try a.send(Go(pausedAtNs: 1))
         #expect(throws: MigrationError.stream("stream authentication failed at section 0: an unsealed go section")) { try b.receive() }
         let (c, d) = try connectionPair()
-        d.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
+        try d.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
         c.sendError("wrong key")
         #expect(throws: MigrationError.peer("wrong key (unauthenticated)")) { try d.receive() }
         let (e, f) = try sealedPair()
@@ -114,7 +114,7 @@ struct SealedStreamTests {
     func replay(_ frames: [[UInt8]], changing index: Int, _ change: (inout [UInt8]) -> Void) throws -> (Connection, Connection) {
         let (x, y) = try connectionPair()
         let s = [UInt8](repeating: 1, count: 32), t = [UInt8](repeating: 2, count: 32)
-        y.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
+        try y.startSealing(StreamKeys.derive(key: Self.key, sourceNonce: s, targetNonce: t, role: .target))
         for (i, f) in frames.enumerated() {
             var f = f
             if i == index { change(&f) }

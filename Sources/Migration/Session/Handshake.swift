@@ -36,7 +36,7 @@ enum Handshake {
                 throw MigrationError.auth("authentication failed: the target's key differs from --key-file")
             }
             try conn.send(AuthProof(proof: Auth.proof(key: key, role: .source, first: peerNonce, second: nonce).hexString))
-            conn.startSealing(StreamKeys.derive(key: key, sourceNonce: nonce, targetNonce: peerNonce, role: .source))
+            try conn.startSealing(StreamKeys.derive(key: key, sourceNonce: nonce, targetNonce: peerNonce, role: .source))
         }
         return Result(localNonce: nonce, peerNonce: peerNonce, peerVMMVersion: reply.vmmVersion)
     }
@@ -81,7 +81,7 @@ enum Handshake {
             conn.sendError("authentication failed: wrong key")
             throw MigrationError.auth("authentication failed: the source's key differs from --key-file")
         }
-        conn.startSealing(StreamKeys.derive(key: key, sourceNonce: sourceNonce, targetNonce: nonce, role: .target))
+        try conn.startSealing(StreamKeys.derive(key: key, sourceNonce: sourceNonce, targetNonce: nonce, role: .target))
         return Result(localNonce: nonce, peerNonce: sourceNonce, peerVMMVersion: hello.vmmVersion)
     }
 }

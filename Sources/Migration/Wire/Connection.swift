@@ -15,6 +15,8 @@ public final class Connection: ByteSource, @unchecked Sendable {
     /// forever). A peer that closes is noticed at once; this is for one that stops answering.
     public var idleTimeout: Double?
     private var sealer: SectionSealer?
+    /// Where sections are sealed in place (grown to the largest section sent, then reused).
+    private var sealBuffer: [UInt8] = []
     private var opener: SectionOpener?
     private var readStart = 0
     private var readEnd = 0
@@ -42,9 +44,9 @@ public final class Connection: ByteSource, @unchecked Sendable {
     private var reader: SectionReader { SectionReader(self) }
 
     /// From now on every section is sealed both ways (after a keyed handshake).
-    func startSealing(_ keys: StreamKeys) {
-        sealer = SectionSealer(key: keys.seal)
-        opener = SectionOpener(key: keys.open)
+    func startSealing(_ keys: StreamKeys) throws {
+        sealer = try SectionSealer(key: keys.seal)
+        opener = try SectionOpener(key: keys.open)
     }
 
     /// Sections are sealed.
@@ -179,17 +181,23 @@ public final class Connection: ByteSource, @unchecked Sendable {
     }
 
     private func sendSealed(_ type: SectionType, parts: [UnsafeRawBufferPointer], optional: Bool, _ sealer: SectionSealer) throws {
-        var plain = [UInt8]()
-        plain.reserveCapacity(4 + parts.reduce(0) { $0 + $1.count })
-        plain += [UInt8(type.rawValue >> 8), UInt8(type.rawValue & 0xff), 0, optional ? 1 : 0]
-        for p in parts { plain.append(contentsOf: p) }
+        let count = parts.reduce(0) { $0 + $1.count } + 4
         let header = SectionFraming.header(type: SectionType.sealed.rawValue, optional: false,
-                                           length: plain.count + SectionSealer.tagSize)
-        let box = try sealer.seal(plain, header: header)
-        try header.withUnsafeBytes { h in
-            try box.ciphertext.withUnsafeBytes { c in
-                try box.tag.withUnsafeBytes { t in try writeAll([h, c, t]) }
+                                           length: count + SectionSealer.tagSize)
+        if sealBuffer.count < count + SectionSealer.tagSize {
+            sealBuffer = [UInt8](repeating: 0, count: count + SectionSealer.tagSize)
+        }
+        try sealBuffer.withUnsafeMutableBytes { buf throws in
+            let body = UnsafeMutableRawBufferPointer(rebasing: buf[0..<(count + SectionSealer.tagSize)])
+            var at = 0
+            for p in parts where p.count > 0 {
+                if let src = p.baseAddress, let dst = body.baseAddress { (dst + at).copyMemory(from: src, byteCount: p.count) }
+                at += p.count
             }
+            body[at] = UInt8(type.rawValue >> 8); body[at + 1] = UInt8(type.rawValue & 0xff)
+            body[at + 2] = 0; body[at + 3] = optional ? 1 : 0
+            try sealer.seal(body, count: count, header: header)
+            try header.withUnsafeBytes { h in try writeAll([h, UnsafeRawBufferPointer(body)]) }
         }
     }
 

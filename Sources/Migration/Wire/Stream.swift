@@ -155,7 +155,7 @@ public struct SectionReader {
         while true {
             var raw = try readRaw()
             if let opener {
-                raw = try unseal(raw, opener)
+                try unseal(&raw, opener)
             } else if raw.isSealed {
                 throw MigrationError.auth("the peer seals its stream, but this side has no key (--key-file)")
             }
@@ -173,7 +173,7 @@ public struct SectionReader {
     /// The section inside a sealed one. An unsealed `error` report is let through as the
     /// peer's unauthenticated word (it can only end the migration, as a cut wire would); any
     /// other unsealed section is refused.
-    private func unseal(_ raw: RawSection, _ opener: SectionOpener) throws -> RawSection {
+    private func unseal(_ raw: inout RawSection, _ opener: SectionOpener) throws {
         guard raw.isSealed else {
             if raw.type == .error && raw.checksumOK {
                 let desc = (try? Section(type: .error, payload: raw.payload).message(ErrorReport.self))?.desc ?? "unknown error"
@@ -181,10 +181,12 @@ public struct SectionReader {
             }
             throw MigrationError.stream("stream authentication failed at section \(opener.sequence): an unsealed \(raw.typeName) section")
         }
-        let plain = try opener.open(raw.payload, header: raw.header)
-        guard plain.count >= 4 else { throw SectionOpener.failed(opener.sequence - 1) }
-        return RawSection(rawType: UInt16(plain[0]) << 8 | UInt16(plain[1]), optional: plain[3] & 1 != 0,
-                          payload: Array(plain[4...]), checksumOK: true, header: raw.header)
+        try opener.open(&raw.payload, header: raw.header)
+        let n = raw.payload.count
+        guard n >= 4 else { throw SectionOpener.failed(opener.sequence - 1) }
+        raw.rawType = UInt16(raw.payload[n - 4]) << 8 | UInt16(raw.payload[n - 3])
+        raw.optional = raw.payload[n - 1] & 1 != 0
+        raw.payload.removeLast(4)
     }
 }
 
