@@ -105,6 +105,7 @@ public final class MachineController: @unchecked Sendable {
             d["status"] = vm.stopReason != nil ? "stopped" : (vm.isPaused ? "paused" : "running")
             d["memory_bytes"] = vm.memory.totalSize
             d["cpus"] = vm.cpus.count
+            d["cpu_model"] = vm.config.cpuModel.name
             d["unclaimed_io"] = vm.devices.pio.unclaimed.load(ordering: .relaxed) + vm.devices.mmio.unclaimed.load(ordering: .relaxed)
         } else {
             d["status"] = "inmigrate"

@@ -90,7 +90,7 @@ public final class VM: @unchecked Sendable {
     /// One vCPU per `config.cpus`, each with its CPUID table and firmware-like LAPIC.
     private static func createCPUs(_ kvm: VirtualMachine, _ hv: Hypervisor, _ config: VMConfig) throws(VMError) -> [VirtualCPU] {
         do {
-            let base = try HostCPU.offer(hv, deny: config.cpuidDeny, replacing: config.cpuidTable)
+            let base = try HostCPU.offer(hv, model: config.cpuModel, deny: config.cpuidDeny, replacing: config.cpuidTable)
             var vcpus: [VCPU] = []
             var tables: [[CPUIDEntry]] = []
             for id in 0..<config.cpus {
@@ -101,7 +101,8 @@ public final class VM: @unchecked Sendable {
                 vcpus.append(v)
                 tables.append(table)
             }
-            let msrs = vcpus[0].readableMSRs(try hv.msrIndexList())
+            var msrs = vcpus[0].readableMSRs(try hv.msrIndexList())
+            if !config.cpuModel.isHost { msrs = msrs.filter(PortableMSRs.contains) }
             return zip(vcpus, tables).map { VirtualCPU(vcpu: $0, msrIndices: msrs, cpuid: $1) }
         } catch let e as VMError { throw e } catch let e as KVMError { throw .kvm(e) } catch { throw .config("\(error)") }
     }

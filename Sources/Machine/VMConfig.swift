@@ -83,6 +83,8 @@ public struct VMConfig: Sendable {
     public var memorySize: UInt64
     public var cpus: Int
     public var serial: any SerialSink
+    /// The CPU model the guest sees (`host`: all this host offers).
+    public var cpuModel: CPUModel = .host
     /// Feature bits removed from what this host offers (`LEAF.SUB.REG:BIT`).
     public var cpuidDeny: [String]
     /// The KVM device node.

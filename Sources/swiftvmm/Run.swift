@@ -30,6 +30,10 @@ struct Run: ParsableCommand {
     @Option(help: "Name of the VM (used for the generated MAC address and in status output).")
     var name: String = "swiftvmm"
 
+    @Option(help: ArgumentHelp("The CPU the guest sees: host (all this host offers), generic (= x86-64-v1, the AMD64 baseline every host offers), an x86-64 psABI level v1–v4, or a JSON FILE from `swiftvmm cpu-baseline`. A guest can move to any host that offers its model.",
+                               valueName: "host|generic|x86-64-v1…v4|FILE"))
+    var cpuModel: String = "host"
+
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var console: ConsoleOptions
     @OptionGroup var hostCPU: HostCPUOptions
@@ -37,9 +41,10 @@ struct Run: ParsableCommand {
 
     func run() throws {
         try hostCPU.validate()
-        let config = VMConfig(name: name, memorySize: try parseMemory(memory), cpus: cpus, serial: try console.sink(),
+        var config = VMConfig(name: name, memorySize: try parseMemory(memory), cpus: cpus, serial: try console.sink(),
                               cpuidDeny: hostCPU.cpuFeatureDeny, kvmDevice: hostCPU.kvmDevice,
                               disks: try devices.disks(), nics: try devices.nics())
+        do { config.cpuModel = try CPUModel.parse(cpuModel) } catch { throw fail("\(error)") }
         do { try config.validate() } catch { throw fail("\(error)") }
         let kernelBytes = try readInput(kernel, what: "kernel")
         let initrdBytes = try initrd.map { try readInput($0, what: "initrd") }

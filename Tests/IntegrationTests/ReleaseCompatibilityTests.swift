@@ -84,10 +84,14 @@ struct ReleaseCompatibilityTests {
 
     // MARK: capture (run by hand when the format changes)
 
+    /// Fixtures are captured with the generic CPU model, so that they restore on any host.
+    static let portable = ["--cpu-model", "generic"]
+
     @Test("capture this version's fixtures", .enabled(if: ProcessInfo.processInfo.environment["SWIFTVMM_CAPTURE_FIXTURES"] != nil))
     func captureFixtures() throws {
         try FileManager.default.createDirectory(at: Self.current, withIntermediateDirectories: true)
-        try capture("memtouch", image: "memtouch.elf", cmdline: "size=4M heartbeat-ms=100 passes=300000", ready: "HEARTBEAT")
+        try capture("memtouch", image: "memtouch.elf", cmdline: "size=4M heartbeat-ms=100 passes=300000", ready: "HEARTBEAT",
+                    sourceExtra: Self.portable)
         try captureBlktest()
         try captureNetecho()
     }
@@ -120,7 +124,7 @@ struct ReleaseCompatibilityTests {
         try Data(count: 1 << 20).write(to: URL(fileURLWithPath: a))
         try Data(count: 1 << 20).write(to: URL(fileURLWithPath: b))
         try capture("blktest", image: "blktest.elf", cmdline: "loop blocks=64 count=3000 flush-every=100", ready: "SEQ 50\n",
-                    sourceExtra: ["--disk", "vol=data,path=\(a)"], targetExtra: ["--disk", "vol=data,path=\(b)"]) { src in
+                    sourceExtra: Self.portable + ["--disk", "vol=data,path=\(a)"], targetExtra: ["--disk", "vol=data,path=\(b)"]) { src in
             // The source's image is the guest's disk at the pause: every acknowledged write, nothing after.
             try FileManager.default.copyItem(atPath: a, toPath: Self.current.appendingPathComponent("blktest.img").path)
             let last = src.stdout.split(separator: "\n").compactMap { $0.hasPrefix("SEQ ") ? Int($0.dropFirst(4)) : nil }.max() ?? 0
@@ -137,7 +141,7 @@ struct ReleaseCompatibilityTests {
         let api = rig.path("src.sock")
         let src = try Child(TestNetwork.ip, ["netns", "exec", net.namespace, Paths.swiftvmm, "run", "--kernel", Paths.guest("netecho.elf"),
                                              "--memory", "32M", "--net", "tap=\(net.tap)", "--cmdline", "ip=\(TestNetwork.guestIP) quiet",
-                                             "--api-socket", api], name: "source")
+                                             "--api-socket", api] + Self.portable, name: "source")
         #expect(src.waitFor("NET UP", timeout: 60))
         let client = try JSONLinesClient(path: api)
         let state = rig.path("state.fdt")

@@ -23,11 +23,13 @@ public struct MachineDescription: Sendable, Equatable {
     public var cpuid: [CPUIDEntry]
     public var devices: [Device]
     public var tscKHz: UInt32
+    /// The CPU model the guest was started with ("host" when none was named).
+    public var cpuModel = "host"
 
     public init(name: String, uuid: String, vmmVersion: String, memorySize: UInt64, cpus: Int,
-                cpuid: [CPUIDEntry], devices: [Device], tscKHz: UInt32) {
+                cpuid: [CPUIDEntry], devices: [Device], tscKHz: UInt32, cpuModel: String = "host") {
         self.name = name; self.uuid = uuid; self.vmmVersion = vmmVersion; self.memorySize = memorySize
-        self.cpus = cpus; self.cpuid = cpuid; self.devices = devices; self.tscKHz = tscKHz
+        self.cpus = cpus; self.cpuid = cpuid; self.devices = devices; self.tscKHz = tscKHz; self.cpuModel = cpuModel
     }
 
     /// Describes a running machine.
@@ -36,7 +38,7 @@ public struct MachineDescription: Sendable, Equatable {
             name: vm.config.name, uuid: uuid, vmmVersion: SwiftVMMVersion.string,
             memorySize: vm.memory.totalSize, cpus: vm.cpus.count, cpuid: vm.cpuid.first ?? [],
             devices: vm.devices.all.map { Device(stateName: $0.stateName, kind: $0.kind, volume: $0.volumeName) },
-            tscKHz: vm.tscKHz)
+            tscKHz: vm.tscKHz, cpuModel: vm.config.cpuModel.name)
     }
 
     public var stateNode: StateNode {
@@ -48,6 +50,7 @@ public struct MachineDescription: Sendable, Equatable {
         root.set("memory-size", memorySize)
         root.set("cpus", UInt32(cpus))
         root.set("tsc-khz", tscKHz)
+        root.set("cpu-model", string: cpuModel)
         var flat: [UInt32] = []
         for e in cpuid { flat += [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] }
         root.set("cpuid", array: flat)
@@ -79,6 +82,7 @@ public struct MachineDescription: Sendable, Equatable {
             guard c >= 1 && c <= 254 else { throw MigrationError.refused("source has \(c) vCPUs, outside 1…254") }
             cpus = Int(c)
             tscKHz = (try? root.integer("tsc-khz", as: UInt32.self)) ?? 0
+            cpuModel = root.optionalBytes("cpu-model").map { b in String(decoding: b.prefix { $0 != 0 }.prefix(64), as: UTF8.self) } ?? "host"
             let flat = try root.array("cpuid", of: UInt32.self)
             guard flat.count % 7 == 0, flat.count / 7 <= 4096 else { throw MigrationError.stream("CPUID table in the stream is malformed") }
             cpuid = stride(from: 0, to: flat.count, by: 7).map {

@@ -41,9 +41,13 @@ public struct TargetMachineBuilder: Sendable {
                 break
             }
         }
-        return VMConfig(name: name ?? desc.name, memorySize: desc.memorySize, cpus: desc.cpus, serial: serial,
-                        cpuidDeny: cpuidDeny, kvmDevice: kvmDevice, disks: disks, nics: nics,
-                        cpuidTable: desc.cpuid, deferMemorySlots: true)
+        var config = VMConfig(name: name ?? desc.name, memorySize: desc.memorySize, cpus: desc.cpus, serial: serial,
+                              cpuidDeny: cpuidDeny, kvmDevice: kvmDevice, disks: disks, nics: nics,
+                              cpuidTable: desc.cpuid, deferMemorySlots: true)
+        // The guest's table comes with it; the model decides which MSRs travel on from here.
+        config.cpuModel = desc.cpuModel == "host" ? .host
+            : CPUModel.named(desc.cpuModel) ?? CPUModel(name: desc.cpuModel, features: [:], xcr0: 0, maxBasicLeaf: 0, maxExtendedLeaf: 0)
+        return config
     }
 
     /// Builds the machine, paused, with guest RAM not yet given to KVM; the device layout must
