@@ -11,6 +11,9 @@ public struct ReceiveOptions: Sendable {
     public var expectCPUs: Int?
     /// How the guest's machine is built here (its disks, NICs, serial, withheld CPU features).
     public var machine: TargetMachineBuilder
+    /// Accept a guest whose TSC rate differs from this host's when KVM cannot scale it (its
+    /// clock then runs at this host's rate).
+    public var allowTSCMismatch = false
     /// Give up when the source makes no progress for this many seconds (nil: never).
     public var timeout: Double? = 30
     /// Instead of listening, read the source's side of a captured stream from this file (the

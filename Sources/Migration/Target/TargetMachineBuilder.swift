@@ -1,3 +1,4 @@
+import Foundation
 import Machine
 
 /// Builds, on the target, the machine an incoming guest needs: its memory, vCPUs and CPUID
@@ -44,6 +45,10 @@ public struct TargetMachineBuilder: Sendable {
         var config = VMConfig(name: name ?? desc.name, memorySize: desc.memorySize, cpus: desc.cpus, serial: serial,
                               cpuidDeny: cpuidDeny, kvmDevice: kvmDevice, disks: disks, nics: nics,
                               cpuidTable: desc.cpuid, deferMemorySlots: true)
+        if case .scale(let guest, let host) = try? TSCRate.decide(guestKHz: desc.tscKHz, kvmDevice: kvmDevice) {
+            FileHandle.standardError.write(Data("swiftvmm: the guest's TSC runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)): KVM scales it to the guest's rate\n".utf8))
+            config.tscKHz = guest
+        }
         // The guest's table comes with it; the model decides which MSRs travel on from here.
         config.cpuModel = desc.cpuModel == "host" ? .host
             : CPUModel.named(desc.cpuModel) ?? CPUModel(name: desc.cpuModel, features: [:], xcr0: 0, maxBasicLeaf: 0, maxExtendedLeaf: 0)

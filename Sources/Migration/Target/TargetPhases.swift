@@ -109,6 +109,21 @@ final class TargetPreCheck: MigrationStep {
         if !missing.isEmpty {
             throw MigrationError.refused("the target CPU lacks features the guest uses: CPUID \(missing.prefix(8).joined(separator: ", "))\(missing.count > 8 ? " …" : "")")
         }
+        try checkTSC(desc, options)
+    }
+
+    /// Refuses a guest whose TSC rate this host can neither match nor scale to, unless allowed.
+    static func checkTSC(_ desc: MachineDescription, _ options: ReceiveOptions) throws {
+        let decision: TSCRate.Decision
+        do { decision = try TSCRate.decide(guestKHz: desc.tscKHz, kvmDevice: options.machine.kvmDevice) } catch {
+            throw MigrationError.refused("\(error)")
+        }
+        guard case .mismatch(let guest, let host) = decision else { return }
+        if options.allowTSCMismatch {
+            FileHandle.standardError.write(Data("swiftvmm: warning: the guest's TSC runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)) and KVM here cannot scale it; accepted (--allow-tsc-mismatch): the guest's clock will drift\n".utf8))
+            return
+        }
+        throw MigrationError.refused("TSC rate differs: the guest's runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)), and KVM here cannot scale it (no KVM_CAP_TSC_CONTROL); recv --allow-tsc-mismatch accepts it anyway")
     }
 
     func rollback(_ s: TargetSession) {
