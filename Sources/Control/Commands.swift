@@ -82,6 +82,10 @@ public enum ControlCommand: Sendable {
             guard let s = v as? String, let k = [UInt8](hexString: s), k.count >= 16 else { throw .invalid("key must be at least 16 bytes, hex") }
             o.key = k
         }
+        if let v = a["dry-run"] {
+            guard let b = v as? Bool else { throw .invalid("dry-run must be true or false") }
+            o.dryRun = b
+        }
         if let v = try number(a, "stream-version") { o.streamVersion = UInt32(clamping: Int(v)) }
         if let v = try number(a, "hold-before-commit-ms") { o.holdBeforeCommitMs = v }
         return o

@@ -45,6 +45,9 @@ struct Send: ParsableCommand {
     @Option(help: ArgumentHelp("Give up when the target makes no progress for this many seconds (0: never); the guest keeps running here.", valueName: "S"))
     var timeout: Double = 30
 
+    @Flag(help: "Only check that the guest could move: connect, authenticate, have the target run every pre-check and build the machine paused, then tear it down. Prints `eligible` (exit 0) or every reason it is not (exit 2); the guest never pauses and recv goes on waiting.")
+    var dryRun = false
+
     @Option(help: .hidden)
     var streamVersion: Int?
 
@@ -71,6 +74,12 @@ struct Send: ParsableCommand {
         defer { sig.cancel() }
 
         switch follow(migrate: client, args, poller: poller) {
+        case .success(let r) where dryRun:
+            let reasons = r["reasons"] as? [String] ?? []
+            if r["eligible"] as? Bool == true && reasons.isEmpty { print("eligible"); return }
+            print("not eligible:")
+            for reason in reasons { print("  - \(reason)") }
+            throw ExitCode(Status.usageOrHostError)
         case .success(let r):
             if let file = report {
                 let data = (try? JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys])) ?? Data()
@@ -105,6 +114,7 @@ struct Send: ParsableCommand {
         }
         guard timeout >= 0 else { throw fail("--timeout must be 0 (never) or more") }
         args["timeout"] = timeout
+        if dryRun { args["dry-run"] = true }
         if let v = streamVersion { args["stream-version"] = v }
         if let v = holdBeforeCommitMs { args["hold-before-commit-ms"] = v }
         return args

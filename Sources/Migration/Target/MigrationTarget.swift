@@ -96,14 +96,26 @@ public final class MigrationTarget: @unchecked Sendable {
     }
 
     /// Receives the guest and returns its machine, running. On failure nothing ran here.
+    /// Dry runs are answered on the way, each on its own connection.
     public func run() throws -> VM {
         if takeListener() < 0 && options.replay == nil { try listen() }
+        while true {
+            if let vm = try receiveOne() { return vm }
+            progress.update { $0.phase = .waiting; $0.peer = options.endpoint.description; $0.error = nil }
+        }
+    }
+
+    /// One source's session: the running machine, or nil after a dry run.
+    private func receiveOne() throws -> VM? {
         let session = TargetSession(target: self, options: options, progress: progress, cancellation: cancellation)
         self.session = session
         var runner = PhaseRunner(session: session, progress: progress, committed: { session.resumed || session.inDoubt })
         do {
             try runner.run(TargetAccept())
-            try runner.run(TargetPreCheck())
+            do { try runner.run(TargetPreCheck()) } catch is DryRunAnswered {
+                session.connection?.close()
+                return nil
+            }
             try runner.run(TargetReceive())
             try runner.run(TargetHandOff())
             guard let vm = session.vm else { throw MigrationError.machine("no machine after the hand-off") }

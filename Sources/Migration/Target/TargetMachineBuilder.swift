@@ -55,6 +55,28 @@ public struct TargetMachineBuilder: Sendable {
         return config
     }
 
+    /// Every device of `desc` this host cannot give the guest, one reason each.
+    public func deviceProblems(_ desc: MachineDescription) -> [String] {
+        var out: [String] = []
+        var nicCount = 0
+        for d in desc.devices {
+            switch d.kind {
+            case .virtioBlock:
+                if let vol = d.volume {
+                    if !disks.contains(where: { $0.volume == vol }) {
+                        out.append("volume '\(vol)' is missing on the target: pass --disk vol=\(vol),path=FILE to recv")
+                    }
+                } else { out.append("the guest's disk \(d.stateName) has no volume name") }
+            case .virtioNet:
+                nicCount += 1
+                if nicCount > nics.count { out.append("the guest has a NIC (\(d.stateName)) but recv has no --net for it") }
+            case .serial:
+                break
+            }
+        }
+        return out
+    }
+
     /// Builds the machine, paused, with guest RAM not yet given to KVM; the device layout must
     /// come out exactly as the guest's.
     public func build(_ desc: MachineDescription) throws -> VM {
