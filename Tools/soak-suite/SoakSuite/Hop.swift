@@ -16,6 +16,8 @@ extension SoakRun {
         } catch {
             r.problems.append("\(error)")
         }
+        // The side that holds the guest now (the source again, after a failed hop) has its say.
+        if let c = current { c.cursor.advance(&console, to: c.child.stdout) }
         pingCursor.advance(&ping, to: pinger?.stdout ?? "")
         r.pingsLost = ping.lostSoFar - lostBefore
         if ping.duplicates > dupsBefore {

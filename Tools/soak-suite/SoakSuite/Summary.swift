@@ -68,11 +68,12 @@ public struct SoakSummary: Sendable {
     }
 
     public var lines: [String] {
-        let down = hops.compactMap(\.downtimeMs)
+        let down = hops.compactMap(\.downtimeMs), total = hops.compactMap(\.totalMs)
         let ms = { (v: Double?) in v.map { String(format: "%.1f ms", $0) } ?? "-" }
         var out = [
             "soak: \(hops.count) hops, \(failures) failures in \(String(format: "%.0f", seconds)) s",
-            "downtime: median \(ms(Self.median(down))), max \(ms(down.max()))",
+            "downtime: median \(ms(Self.median(down))), max \(ms(down.max())); "
+                + "migration total: median \(ms(Self.median(total))), max \(ms(total.max()))",
             "pings: \(pingsSent) sent, \(pingsLost) lost" + (duplicates > 0 ? ", \(duplicates) duplicated" : ""),
             "guest: \(writes) disk writes acknowledged and found on the disk, \(passes) memtouch passes",
         ]
