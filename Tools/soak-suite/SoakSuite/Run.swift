@@ -94,7 +94,7 @@ public final class SoakRun {
     }
 
     var guestCommandLine: String {
-        "size=\(o.size) blocks=\(o.blocks) ip=\(TestNetwork.guestIP) quiet heartbeat-ms=200"
+        "size=\(o.size) blocks=\(o.blocks) ip=\(TestNetwork.guestIP) quiet heartbeat-ms=200 \(o.guestArgs)"
     }
 
     func diskPath(_ label: String) -> String { rig.path(label == "A" ? "disk-a.img" : "disk-b.img") }

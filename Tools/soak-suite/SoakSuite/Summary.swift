@@ -12,6 +12,8 @@ public struct SoakOptions: Sendable {
     public var downtimeMs: Double?
     /// Where each hop's `send --report` goes (nil: a temporary directory, removed).
     public var reports: String?
+    /// More of soak.elf's command line (GuestImages/README.md), e.g. `write-ms=0`.
+    public var guestArgs = ""
     public init() {}
 }
 

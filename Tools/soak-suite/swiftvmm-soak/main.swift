@@ -33,6 +33,8 @@ struct Soak: ParsableCommand {
     var downtimeMs: Double?
     @Option(help: ArgumentHelp("keep each hop's send --report in DIR (hop-N.json)", valueName: "DIR"))
     var reports: String?
+    @Option(help: ArgumentHelp("more of soak.elf's command line, e.g. \"write-ms=0 slice=64\" (GuestImages/README.md)", valueName: "ARGS"))
+    var guestArgs = ""
 
     func validate() throws {
         guard hops >= 1 else { throw ValidationError("--hops must be at least 1") }
@@ -47,6 +49,7 @@ struct Soak: ParsableCommand {
         o.size = size
         o.blocks = blocks
         o.downtimeMs = downtimeMs
+        o.guestArgs = guestArgs
         if let reports {
             try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
             o.reports = reports
