@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Harness
+import Synchronization
 
 /// One swiftvmm process that holds the guest (`run` at first, then each hop's `recv`).
 final class Side {
@@ -56,13 +57,20 @@ public final class SoakRun {
 
     deinit { net.delete() }
 
+    /// Set by the first Ctrl-C (SIGINT, SIGTERM, SIGHUP): the children are killed and the run
+    /// winds down through its own clean-up; a second one cleans up and exits at once.
+    static let interrupted = Atomic<Bool>(false)
+
     /// Runs the soak as `o` says, printing a line per hop and a summary; returns the exit status.
     public static func main(_ o: SoakOptions) -> Int32 {
         Registry.shared.onInterrupt { sig in
-            print("\nsoak: interrupted (signal \(sig)): cleaning up")
+            if interrupted.exchange(true, ordering: .relaxed) {
+                Registry.shared.cleanUp()
+                Glibc.exit(130)
+            }
+            print("\nsoak: interrupted (signal \(sig)): stopping")
             Registry.shared.close()
-            Registry.shared.cleanUp()
-            Glibc.exit(130)
+            Registry.shared.killChildren(grace: 1)
         }
         let started = Monotonic.now()
         var summary: SoakSummary
@@ -75,6 +83,7 @@ public final class SoakRun {
         }
         summary.seconds = Monotonic.now() - started
         for l in summary.lines { print(l) }
+        if interrupted.load(ordering: .relaxed) { return 130 }
         return summary.failures == 0 ? 0 : 1
     }
 
@@ -84,7 +93,7 @@ public final class SoakRun {
         do {
             try start()
             for n in 1...max(1, o.hops) {
-                guard hop(n) else { break }
+                guard !Self.interrupted.load(ordering: .relaxed), hop(n) else { break }
             }
         } catch {
             summary.problems.append("\(error)")

@@ -16,7 +16,10 @@ struct Soak: ParsableCommand {
         where ping runs throughout. After every hop: heartbeats and acknowledged writes continue on \
         the new side, no FAIL, pings are answered there, and the disk image holds every acknowledged \
         write. Prints a line per hop (downtime from send's --report) and a summary; exits 1 on any \
-        failure. Every child, the namespace and the temporary files are removed on the way out.
+        failure. Every child, the namespace and the temporary files are removed on the way out. \
+        The script Tools/soak builds what it needs first and takes two flags of its own: \
+        --release (run .build/release/swiftvmm, built with -c release --static-swift-stdlib) and \
+        --no-build (build only the guest images).
         """)
 
     @Option(help: "hops (moves) to make")
