@@ -15,8 +15,8 @@ import Foundation
 ///   the tag covers it. The 8-byte header is the additional authenticated data; the plaintext is
 ///   `u16 type | u16 flags | payload`, so section types travel sealed as well.
 public struct StreamKeys {
-    let seal: SymmetricKey
-    let open: SymmetricKey
+    @_spi(Fuzzing) public let seal: SymmetricKey
+    @_spi(Fuzzing) public let open: SymmetricKey
 
     /// The keys of `role`'s side of the connection whose nonces are `sourceNonce` and `targetNonce`.
     public static func derive(key: [UInt8], sourceNonce: [UInt8], targetNonce: [UInt8], role: Auth.Role) -> StreamKeys {
@@ -31,15 +31,15 @@ public struct StreamKeys {
 }
 
 /// Seals the sections one direction sends.
-final class SectionSealer {
+@_spi(Fuzzing) public final class SectionSealer {
     static let tagSize = 16
     private let key: SymmetricKey
     private(set) var sequence: UInt64 = 0
 
-    init(key: SymmetricKey) { self.key = key }
+    @_spi(Fuzzing) public init(key: SymmetricKey) { self.key = key }
 
     /// The ciphertext and tag of `plaintext` under `header`, as the next section.
-    func seal(_ plaintext: [UInt8], header: [UInt8]) throws -> AES.GCM.SealedBox {
+    @_spi(Fuzzing) public func seal(_ plaintext: [UInt8], header: [UInt8]) throws -> AES.GCM.SealedBox {
         defer { sequence += 1 }
         do {
             return try AES.GCM.seal(plaintext, using: key, nonce: SectionSealer.nonce(sequence), authenticating: header)
@@ -55,14 +55,14 @@ final class SectionSealer {
 }
 
 /// Opens the sections one direction receives, in order.
-final class SectionOpener {
+@_spi(Fuzzing) public final class SectionOpener {
     private let key: SymmetricKey
     private(set) var sequence: UInt64 = 0
 
-    init(key: SymmetricKey) { self.key = key }
+    @_spi(Fuzzing) public init(key: SymmetricKey) { self.key = key }
 
     /// The plaintext of the next section, or "stream authentication failed at section N".
-    func open(_ body: [UInt8], header: [UInt8]) throws -> [UInt8] {
+    @_spi(Fuzzing) public func open(_ body: [UInt8], header: [UInt8]) throws -> [UInt8] {
         let n = sequence
         guard body.count >= SectionSealer.tagSize else { throw Self.failed(n) }
         let split = body.count - SectionSealer.tagSize

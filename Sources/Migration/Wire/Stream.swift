@@ -151,7 +151,7 @@ public struct SectionReader {
 
     /// The next section this reader understands: a bad checksum or an unknown required type
     /// fails, an unknown optional type is skipped. With `opener`, sections must be sealed.
-    func read(opener: SectionOpener? = nil) throws -> Section {
+    @_spi(Fuzzing) public func read(opener: SectionOpener? = nil) throws -> Section {
         while true {
             var raw = try readRaw()
             if let opener {
