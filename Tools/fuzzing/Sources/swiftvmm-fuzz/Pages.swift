@@ -7,7 +7,7 @@ import Migration
 /// batch is accepted, every page it marks zero must read as zero and every raw data page must
 /// hold its bytes.
 enum PagesTarget {
-    nonisolated(unsafe) static let memory: GuestMemory = {
+    static let memory: GuestMemory = {
         do { return try GuestMemory(map: MemoryMap(memorySize: MemoryMap.mmioHoleStart + (32 << 20))) } catch {
             fatalError("swiftvmm-fuzz: cannot map guest memory: \(error)")
         }

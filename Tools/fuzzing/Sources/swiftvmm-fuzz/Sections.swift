@@ -12,8 +12,8 @@ import Machine
 /// with every section's CRC recomputed first when bit 1 is set, so that the fuzzer gets past
 /// the checksum.
 enum SectionsTarget {
-    static let sourceKeys = keys(.source)
-    static let targetKeys = keys(.target)
+    nonisolated(unsafe) static let sourceKeys = keys(.source)
+    nonisolated(unsafe) static let targetKeys = keys(.target)
 
     static func keys(_ role: Auth.Role) -> StreamKeys {
         StreamKeys.derive(key: [UInt8](repeating: 0x5a, count: 32), sourceNonce: [UInt8](repeating: 1, count: 32),

@@ -78,14 +78,14 @@ enum Devices {
     struct NoLine: InterruptLine { func set(level: Bool) {} }
     struct NoInterrupt: VirtioInterrupt { func trigger() {} }
 
-    nonisolated(unsafe) static let memory: GuestMemory = {
+    static let memory: GuestMemory = {
         do { return try GuestMemory(map: MemoryMap(memorySize: 64 << 20)) } catch {
             fatalError("swiftvmm-fuzz: cannot map guest memory: \(error)")
         }
     }()
-    nonisolated(unsafe) static let serial = Serial(sink: NoSink(), irq: NoLine())
+    static let serial = Serial(sink: NoSink(), irq: NoLine())
 
-    nonisolated(unsafe) static let disk: VirtioBlockDevice = {
+    static let disk: VirtioBlockDevice = {
         let path = "/tmp/swiftvmm-fuzz-disk-\(getpid()).img"
         let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0, ftruncate(fd, 1 << 20) == 0 else { fatalError("swiftvmm-fuzz: cannot create \(path)") }
@@ -98,7 +98,7 @@ enum Devices {
         } catch { fatalError("swiftvmm-fuzz: cannot build the disk: \(error)") }
     }()
 
-    nonisolated(unsafe) static let nic: VirtioMMIODevice<FuzzNIC> = {
+    static let nic: VirtioMMIODevice<FuzzNIC> = {
         do {
             return try VirtioMMIODevice(device: FuzzNIC(), base: GuestAddress(MemoryMap.virtioMMIOBase + 0x1000),
                                         memory: memory, interrupt: NoInterrupt())
