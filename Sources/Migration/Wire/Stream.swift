@@ -183,7 +183,11 @@ public struct SectionReader {
         }
         let plain = try opener.open(raw.payload, header: raw.header)
         guard plain.count >= 4 else { throw SectionOpener.failed(opener.sequence - 1) }
-        return RawSection(rawType: UInt16(plain[0]) << 8 | UInt16(plain[1]), optional: plain[3] & 1 != 0,
+        let type = UInt16(plain[0]) << 8 | UInt16(plain[1])
+        guard type != SectionType.sealed.rawValue else {
+            throw MigrationError.stream("section \(opener.sequence - 1) is a sealed section inside a sealed one")
+        }
+        return RawSection(rawType: type, optional: plain[3] & 1 != 0,
                           payload: Array(plain[4...]), checksumOK: true, header: raw.header)
     }
 }
