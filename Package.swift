@@ -5,6 +5,8 @@ let package = Package(
     name: "swiftvmm",
     products: [
         .executable(name: "swiftvmm", targets: ["swiftvmm"]),
+        // For the fuzzing package (Tools/fuzzing), which drives the decoders of untrusted input.
+        .library(name: "SwiftVMMCore", targets: ["KVM", "Machine", "Migration", "Control"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

@@ -125,15 +125,22 @@ public final class ControlServer: @unchecked Sendable {
             while let nl = buffer.firstIndex(of: 10) {
                 let line = Array(buffer[..<nl])
                 buffer.removeSubrange(...nl)
-                let (command, reply) = handle(line)
-                let ok = writeLine(c, reply)
+                let (command, reply) = Self.respond(to: line, handler: handler)
+                let ok = send(c, reply)
                 if let command { replyWritten?(command) }
                 guard ok else { return }
             }
         }
     }
 
-    private func handle(_ line: [UInt8]) -> (String?, [String: Any]) {
+    /// The reply line (with its newline) to one request line (without it), and the command it
+    /// named when it named one: all the server does with a client's bytes, without a socket.
+    public static func respond(to line: [UInt8], handler: Handler) -> (command: String?, reply: [UInt8]) {
+        let (command, reply) = reply(to: line, handler: handler)
+        return (command, encode(reply))
+    }
+
+    private static func reply(to line: [UInt8], handler: Handler) -> (String?, [String: Any]) {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
               let command = obj["execute"] as? String else {
             return (nil, ["error": ["class": "GenericError", "desc": "request is not a JSON object with \"execute\""]])
@@ -148,14 +155,23 @@ public final class ControlServer: @unchecked Sendable {
         }
     }
 
-    private func writeLine(_ c: Int32, _ obj: [String: Any]) -> Bool {
-        guard var data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else { return false }
-        data.append(10)
-        return data.withUnsafeBytes { p -> Bool in
+    /// `obj` as one JSON line (an error line if the handler put something JSON cannot hold in it).
+    static func encode(_ obj: [String: Any]) -> [UInt8] {
+        guard JSONSerialization.isValidJSONObject(obj),
+              let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else {
+            return Array(#"{"error":{"class":"GenericError","desc":"the reply cannot be written as JSON"}}"#.utf8) + [10]
+        }
+        return Array(data) + [10]
+    }
+
+    private func writeLine(_ c: Int32, _ obj: [String: Any]) -> Bool { send(c, Self.encode(obj)) }
+
+    private func send(_ c: Int32, _ line: [UInt8]) -> Bool {
+        line.withUnsafeBytes { p -> Bool in
             var off = 0
             while off < p.count {
                 guard let b = p.baseAddress else { return false }
-                let n = send(c, b + off, p.count - off, Int32(MSG_NOSIGNAL))
+                let n = Glibc.send(c, b + off, p.count - off, Int32(MSG_NOSIGNAL))
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { return false }
                 off += n

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 @testable import Machine
-@testable import Migration
+@_spi(Fuzzing) @testable import Migration
 
 /// With a key, every section after the handshake is sealed (AES-256-GCM, per-direction keys,
 /// the sequence number in the nonce).

@@ -19,8 +19,8 @@ import Foundation
 ///   `payload | u16 type | u16 flags`, so section types travel sealed as well (at the end, so
 ///   the receiver strips them without moving the payload).
 public struct StreamKeys {
-    let seal: SymmetricKey
-    let open: SymmetricKey
+    @_spi(Fuzzing) public let seal: SymmetricKey
+    @_spi(Fuzzing) public let open: SymmetricKey
 
     /// The keys of `role`'s side of the connection whose nonces are `sourceNonce` and `targetNonce`.
     public static func derive(key: [UInt8], sourceNonce: [UInt8], targetNonce: [UInt8], role: Auth.Role) -> StreamKeys {
@@ -35,16 +35,16 @@ public struct StreamKeys {
 }
 
 /// Seals the sections one direction sends, each in place in the sender's buffer.
-final class SectionSealer {
+@_spi(Fuzzing) public final class SectionSealer {
     static let tagSize = 16
     private let gcm: GCM
     private(set) var sequence: UInt64 = 0
 
-    init(key: SymmetricKey) throws { gcm = try GCM(key: key, encrypting: true) }
+    @_spi(Fuzzing) public init(key: SymmetricKey) throws { gcm = try GCM(key: key, encrypting: true) }
 
     /// Encrypts `buffer[0..<count]` in place as the next section and writes its tag into
     /// `buffer[count..<count + 16]`; `header` is authenticated with it.
-    func seal(_ buffer: UnsafeMutableRawBufferPointer, count: Int, header: [UInt8]) throws {
+    @_spi(Fuzzing) public func seal(_ buffer: UnsafeMutableRawBufferPointer, count: Int, header: [UInt8]) throws {
         defer { sequence += 1 }
         guard buffer.count >= count + Self.tagSize,
               gcm.run(buffer, count: count, nonce: Self.nonce(sequence), header: header, tagAt: count) else {
@@ -61,15 +61,15 @@ final class SectionSealer {
 }
 
 /// Opens the sections one direction receives, in order, in place.
-final class SectionOpener {
+@_spi(Fuzzing) public final class SectionOpener {
     private let gcm: GCM
     private(set) var sequence: UInt64 = 0
 
-    init(key: SymmetricKey) throws { gcm = try GCM(key: key, encrypting: false) }
+    @_spi(Fuzzing) public init(key: SymmetricKey) throws { gcm = try GCM(key: key, encrypting: false) }
 
     /// Replaces `body` (ciphertext and tag) by its plaintext, or throws "stream authentication
     /// failed at section N" (and `body` holds garbage).
-    func open(_ body: inout [UInt8], header: [UInt8]) throws {
+    @_spi(Fuzzing) public func open(_ body: inout [UInt8], header: [UInt8]) throws {
         let n = sequence
         guard body.count >= SectionSealer.tagSize else { throw Self.failed(n) }
         let count = body.count - SectionSealer.tagSize

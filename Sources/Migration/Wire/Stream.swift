@@ -152,7 +152,7 @@ public struct SectionReader {
 
     /// The next section this reader understands: a bad checksum or an unknown required type
     /// fails, an unknown optional type is skipped. With `opener`, sections must be sealed.
-    func read(opener: SectionOpener? = nil) throws -> Section {
+    @_spi(Fuzzing) public func read(opener: SectionOpener? = nil) throws -> Section {
         while true {
             var raw = try readRaw()
             if let opener {
@@ -188,6 +188,9 @@ public struct SectionReader {
         raw.rawType = UInt16(raw.payload[n - 4]) << 8 | UInt16(raw.payload[n - 3])
         raw.optional = raw.payload[n - 1] & 1 != 0
         raw.payload.removeLast(4)
+        guard raw.rawType != SectionType.sealed.rawValue else {
+            throw MigrationError.stream("section \(opener.sequence - 1) is a sealed section inside a sealed one")
+        }
     }
 }
 
