@@ -17,24 +17,13 @@ final class MigrationWorker: @unchecked Sendable {
         t.start()
     }
 
-    /// Runs `body` on the worker and waits for its result. One migration at a time.
-    func run<T>(_ body: @escaping @Sendable () throws -> T) throws -> T {
-        let done = NSCondition()
-        nonisolated(unsafe) var result: Result<T, Error>?
+    /// Runs `body` on the worker when it is free; returns at once. One migration at a time.
+    func submit(_ body: @escaping @Sendable () -> Void) {
         condition.lock()
         while job != nil { condition.wait() }
-        job = {
-            let r = Result { try body() }
-            done.lock(); result = r; done.broadcast(); done.unlock()
-        }
+        job = body
         condition.broadcast()
         condition.unlock()
-        done.lock()
-        while result == nil { done.wait() }
-        let r = result
-        done.unlock()
-        guard let r else { throw ControlError("the migration ended without a result") }
-        return try r.get()
     }
 
     private func loop() {
