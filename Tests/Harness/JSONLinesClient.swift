@@ -78,6 +78,22 @@ public final class JSONLinesClient: @unchecked Sendable {
         }
     }
 
+    /// Waits (at most `timeout` s) for an event named `name` that `match` accepts — one already
+    /// received counts — and returns it, dropping it and the events before it from `events`.
+    @discardableResult
+    public func waitForEvent(_ name: String, timeout: Double = 30, where match: (JSON) -> Bool = { _ in true }) throws -> JSON {
+        let deadline = Monotonic.now() + timeout
+        while true {
+            if let i = events.firstIndex(where: { $0["event"]?.string == name && match($0) }) {
+                let e = events[i]
+                events.removeSubrange(...i)
+                return e
+            }
+            let r = try readLine(deadline: deadline)
+            if r.value["event"] != nil { events.append(r.value) }
+        }
+    }
+
     private func readLine(deadline: Double) throws -> (value: JSON, line: String) {
         while true {
             if let nl = buffer.firstIndex(of: 10) {
