@@ -1,8 +1,8 @@
 import Foundation
 import Glibc
 
-/// A client for a JSON-lines control socket in QMP's shape — swiftvmm's API socket, or QEMU's
-/// QMP socket (which greets first and wants `qmp_capabilities`): `{"execute": …}` out,
+/// A QMP client — of swiftvmm's API socket or QEMU's QMP socket (both greet first and want
+/// `qmp_capabilities`, see `qmp(path:)`): `{"execute": …}` out,
 /// `{"return": …}` or `{"error": {"class", "desc"}}` back, `{"event": …}` lines in between.
 public final class JSONLinesClient: @unchecked Sendable {
     private let fd: Int32
@@ -39,7 +39,7 @@ public final class JSONLinesClient: @unchecked Sendable {
 
     deinit { close(fd) }
 
-    /// Connects to QEMU's QMP socket and leaves capabilities negotiation.
+    /// Connects to a QMP socket (QEMU's or swiftvmm's) and leaves capabilities negotiation.
     public static func qmp(path: String, child: Child? = nil, timeout: Double = 10) throws -> JSONLinesClient {
         let c = try JSONLinesClient(path: path, timeout: timeout, greeting: true, child: child)
         _ = try c.execute("qmp_capabilities")
