@@ -72,11 +72,11 @@ extension MachineController {
             s.cancel("migration cancelled by the user")
             return .success([String: Any]())
         }
-        if let t, let p = Optional(t.progress.snapshot.phase), ![.completed, .failed, .cancelled, .inDoubt].contains(p) {
+        if let t, ![.completed, .failed, .cancelled, .inDoubt].contains(t.progress.snapshot.phase) {
             t.cancel("migration cancelled on the target by the user")
             return .success([String: Any]())
         }
-        // QEMU answers success when nothing is migrating; swiftvmm says so.
+        // QEMU answers success when nothing is migrating; swiftvmm says so, for `cancel` to report.
         return .failure(.generic("no migration is in progress"))
     }
 
