@@ -43,12 +43,18 @@ let package = Package(
         // The harness the integration tests and the benchmarks share: child processes with
         // collected output, namespaces, the migration rig, a QMP/JSON-lines client, clean-up.
         .target(name: "Harness", path: "Tests/Harness"),
-        .testTarget(name: "HarnessTests", dependencies: ["Harness", "BenchSuite"]),
+        .testTarget(name: "HarnessTests", dependencies: ["Harness", "BenchSuite", "SoakSuite"]),
         // The benchmark suite (Tools/bench/run): scenarios, results, the smoke check; and its CLI.
         .target(name: "BenchSuite", dependencies: ["Harness"], path: "Tools/bench/Sources/BenchSuite"),
         .executableTarget(name: "swiftvmm-bench", dependencies: [
             "BenchSuite", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Tools/bench/Sources/swiftvmm-bench"),
+        // The soak run (Tools/soak): one guest with memory, disk and network work moved back and
+        // forth between two swiftvmm processes, checked after every hop; and its CLI.
+        .target(name: "SoakSuite", dependencies: ["Harness"], path: "Tools/soak-suite/SoakSuite"),
+        .executableTarget(name: "swiftvmm-soak", dependencies: [
+            "SoakSuite", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Tools/soak-suite/swiftvmm-soak"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -65,4 +65,41 @@ static inline void memtouch_heartbeat_args(u64 *hb_passes, u64 *hb_cycles, u64 d
 	if (ms)
 		*hb_cycles = ms * tsc_khz();
 }
+/*
+ * The same check, a slice at a time, for programs that do other work between slices (soak.elf):
+ * memtouch_step() checks and stores up to n pages of the current pass and returns true when
+ * that pass has ended. One CPU only (its failures carry no cpu=).
+ */
+struct memtouch {
+	u64 base, pages;
+	u64 pass; /* the pass under way, from 1 */
+	u64 next; /* its next page */
+};
+
+static inline void memtouch_init(struct memtouch *m, u64 base, u64 pages)
+{
+	m->base = base;
+	m->pages = pages;
+	m->pass = 1;
+	m->next = 0;
+}
+
+static inline bool memtouch_step(struct memtouch *m, u64 n)
+{
+	const u64 expect = m->pass - 1;
+	u64 end = m->pages - m->next < n ? m->pages : m->next + n;
+	for (u64 i = m->next; i < end; i++) {
+		volatile u64 *q = (volatile u64 *)(m->base + i * PAGE_SIZE);
+		u64 v = *q;
+		if (unlikely(v != expect))
+			fail("page=%lu expected=%lu got=%lu addr=0x%lx", i, expect, v, (u64)q);
+		*q = m->pass;
+	}
+	m->next = end;
+	if (end < m->pages)
+		return false;
+	m->next = 0;
+	m->pass++;
+	return true;
+}
 #endif

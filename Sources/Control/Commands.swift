@@ -25,6 +25,9 @@ public enum ControlCommand: Sendable {
     case machineStatus
     /// Write the paused machine's state (an FDT) to a file.
     case dumpState(path: String)
+    /// Check, without moving anything, that the guest could move to `uri`: the target runs
+    /// every pre-check and builds the machine, then tears it down. Returns the verdict.
+    case migrateDryRun(Endpoint)
 
     /// Every command and the arguments it takes (anything else is refused, as QEMU does).
     public static let table: [(name: String, arguments: Set<String>)] = [
@@ -33,7 +36,7 @@ public enum ControlCommand: Sendable {
         ("stop", []), ("cont", []), ("quit", []), ("query-cpus-fast", []),
         ("migrate", ["uri", "detach", "resume"]), ("migrate_cancel", []), ("query-migrate", []),
         ("migrate-set-parameters", MigrationParameters.names), ("query-migrate-parameters", []),
-        ("x-swiftvmm-query-status", []), ("x-swiftvmm-dump-state", ["path"]),
+        ("x-swiftvmm-query-status", []), ("x-swiftvmm-dump-state", ["path"]), ("x-swiftvmm-migrate-dry-run", ["uri"]),
     ]
 
     /// Every command name, for `query-commands`.
@@ -63,6 +66,7 @@ public enum ControlCommand: Sendable {
             let path = try Arguments.string(a, "path")
             guard !path.isEmpty else { throw .generic("Parameter 'path' must not be empty") }
             self = .dumpState(path: path)
+        case "x-swiftvmm-migrate-dry-run": self = .migrateDryRun(try Self.migrateURI(a))
         default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
         }
     }

@@ -66,6 +66,20 @@ extension MachineController {
         events.emit("MIGRATION", ["status": MigrationInfo.isFinal(status) ? status : "failed"])
     }
 
+    /// `x-swiftvmm-migrate-dry-run`: runs on the migration thread and waits for the verdict.
+    func dryRun(to endpoint: Endpoint) -> Result<Any, QMPError> {
+        guard let vm else { return .failure(.generic("no guest is running")) }
+        var options = lock.withLock { parameters.sendOptions(to: endpoint) }
+        options.dryRun = true
+        guard !lock.withLock({ outgoing.running }) else { return .failure(.generic("There's a migration process in progress")) }
+        let s = MigrationSource(vm: vm, options: options)
+        do {
+            let report = try migrations.run { try s.run() }
+            guard let verdict = report.dryRun else { return .failure(.generic("the dry run gave no verdict")) }
+            return .success(["eligible": verdict.eligible, "reasons": verdict.reasons])
+        } catch { return .failure(QMPError(.generic, "\(error)")) }
+    }
+
     func cancelMigration() -> Result<Any, QMPError> {
         let (s, t) = lock.withLock { (sourceRef, targetRef) }
         if let s, lock.withLock({ outgoing.running }) {

@@ -95,6 +95,7 @@ public final class MachineController: @unchecked Sendable {
         case .queryMigrateParameters: return .success(lock.withLock { parameters.json })
         case .machineStatus: return .success(status())
         case .dumpState(let path): return dumpState(path)
+        case .migrateDryRun(let endpoint): return dryRun(to: endpoint)
         }
     }
 

@@ -26,6 +26,22 @@ final class MigrationWorker: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Runs `body` on the worker and waits for its result.
+    func run<T>(_ body: @escaping @Sendable () throws -> T) throws -> T {
+        let done = NSCondition()
+        nonisolated(unsafe) var result: Result<T, Error>?
+        submit {
+            let r = Result { try body() }
+            done.withLock { result = r; done.broadcast() }
+        }
+        done.lock()
+        while result == nil { done.wait() }
+        let r = result
+        done.unlock()
+        guard let r else { throw ControlError("the migration ended without a result") }
+        return try r.get()
+    }
+
     private func loop() {
         while true {
             condition.lock()

@@ -93,6 +93,12 @@ public final class VCPU: @unchecked Sendable {
         return r > 0 ? UInt32(r) : 0
     }
 
+    /// Sets the guest TSC frequency (scaled by the CPU where it differs from the host's).
+    public func setTSCKHz(_ khz: UInt32) throws(KVMError) {
+        let r = ckvm_ioctl_arg(fd, ckvm_req_SET_TSC_KHZ(), UInt(khz))
+        guard r >= 0 else { throw .ioctl("KVM_SET_TSC_KHZ", errno: Int32(-r)) }
+    }
+
 
     // MARK: MSRs
 

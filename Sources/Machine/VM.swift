@@ -95,6 +95,7 @@ public final class VM: @unchecked Sendable {
             var tables: [[CPUIDEntry]] = []
             for id in 0..<config.cpus {
                 let v = try kvm.createVCPU(id: UInt32(id))
+                if let khz = config.tscKHz { try v.setTSCKHz(khz) }
                 let table = CPUIDPolicy.table(supported: base, vcpuID: UInt32(id), vcpuCount: config.cpus)
                 try v.setCPUID(table)
                 try X86BootCPU.configureLAPIC(v)

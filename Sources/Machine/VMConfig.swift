@@ -85,6 +85,8 @@ public struct VMConfig: Sendable {
     public var serial: any SerialSink
     /// The CPU model the guest sees (`host`: all this host offers).
     public var cpuModel: CPUModel = .host
+    /// The guest TSC's rate when it must differ from this host's (a migrated guest, scaled).
+    public var tscKHz: UInt32?
     /// Feature bits removed from what this host offers (`LEAF.SUB.REG:BIT`).
     public var cpuidDeny: [String]
     /// The KVM device node.

@@ -18,10 +18,17 @@ struct CPUFeatures: ParsableCommand {
     @Option(help: "The model's name in the JSON (default: this host's name).")
     var name: String?
 
+    @Option(help: ArgumentHelp("Print a model's definition (JSON) instead of this host's offer.", valueName: "NAME|FILE"))
+    var model: String?
+
     @Option(help: .hidden)
     var kvmDevice: String = "/dev/kvm"
 
     func run() throws {
+        if let model {
+            do { print(try CPUModel.parse(model).json) } catch { throw fail("\(error)") }
+            return
+        }
         let host: CPUModel
         do { host = try CPUModel.hostOffer(kvmDevice: kvmDevice, name: name ?? ProcessInfo.processInfo.hostName) } catch { throw fail("\(error)") }
         if json { print(host.json); return }

@@ -29,6 +29,9 @@ struct Recv: ParsableCommand {
     @Option(help: ArgumentHelp("Give up when the source, once connected, makes no progress for this many seconds (0: never).", valueName: "S"))
     var timeout: Double = 30
 
+    @Flag(help: "Accept a guest whose TSC rate differs from this host's when KVM here cannot scale it (the guest's clock will run at this host's rate).")
+    var allowTSCMismatch = false
+
     @Option(help: ArgumentHelp("Refuse a guest whose memory size differs.", valueName: "SIZE"))
     var memory: String?
 
@@ -50,6 +53,7 @@ struct Recv: ParsableCommand {
                                            cpuidDeny: hostCPU.cpuFeatureDeny, kvmDevice: hostCPU.kvmDevice)
         var options = ReceiveOptions(endpoint: endpoint, machine: machine)
         options.replay = replay
+        options.allowTSCMismatch = allowTSCMismatch
         do { options.key = try keyFile.map(Auth.loadKey) } catch { throw fail("\(error)") }
         if let m = memory {
             guard let size = ByteSize.parse(m), size > 0 else { throw fail("--memory '\(m)' is not a size") }

@@ -45,6 +45,9 @@ struct Send: ParsableCommand {
     @Option(help: ArgumentHelp("Give up when the target makes no progress for this many seconds (0: never); the guest keeps running here.", valueName: "S"))
     var timeout: Double = 30
 
+    @Flag(help: "Only check that the guest could move: connect, authenticate, have the target run every pre-check and build the machine paused, then tear it down. Prints `eligible` (exit 0) or every reason it is not (exit 2); the guest never pauses and recv goes on waiting.")
+    var dryRun = false
+
     @Option(help: .hidden)
     var streamVersion: Int?
 
@@ -69,9 +72,10 @@ struct Send: ParsableCommand {
         let info: [String: Any]
         do {
             _ = try client.execute("migrate-set-parameters", parameters)
+            if dryRun { return try printVerdict(client.execute("x-swiftvmm-migrate-dry-run", ["uri": to])) }
             _ = try client.execute("migrate", ["uri": to])
             info = try follow(client)
-        } catch { throw fail("migration failed: \(error)") }
+        } catch let e as ExitCode { throw e } catch { throw fail("migration failed: \(error)") }
         guard info["status"] as? String == "completed", let r = info["x-swiftvmm-report"] as? [String: Any] else {
             throw fail("migration failed: \(info["error-desc"] as? String ?? "status \(info["status"] as? String ?? "unknown")")")
         }
@@ -110,6 +114,15 @@ struct Send: ParsableCommand {
         guard timeout >= 0 else { throw fail("--timeout must be 0 (never) or more") }
         args["x-swiftvmm-timeout"] = timeout
         return args
+    }
+
+    /// Prints a dry run's verdict: `eligible`, or every reason not (then exit 2).
+    func printVerdict(_ r: [String: Any]) throws {
+        let reasons = r["reasons"] as? [String] ?? []
+        if r["eligible"] as? Bool == true && reasons.isEmpty { print("eligible"); return }
+        print("not eligible:")
+        for reason in reasons { print("  - \(reason)") }
+        throw ExitCode(Status.usageOrHostError)
     }
 
     /// Follows the migration through its MIGRATION events until it ends and returns the final

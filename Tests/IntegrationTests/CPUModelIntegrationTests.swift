@@ -59,3 +59,106 @@ struct CPUModelIntegrationTests {
         #expect(dst.waitFor("PASS passes=20000", timeout: 120), "\(dst.transcript)")
     }
 }
+
+extension CPUModelIntegrationTests {
+    /// A feature this host offers that the generic model leaves out ("0x1.0.ecx:13"), as an
+    /// older CPU would lack it.
+    static func offeredBeyondGeneric() throws -> (spec: String, named: String) {
+        let offer = try CPUIDGuestTests.offer()
+        let m = try runSwiftVMM(["cpu-features", "--model", "generic"])
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(m.stdout.utf8)) as? [String: Any])
+        let generic = try #require(obj["features"] as? [String: Any]).compactMapValues { ($0 as? NSNumber)?.uint32Value }
+        for key in offer.keys.sorted() where key != "0x40000001.0.eax" {
+            let extra = (offer[key] ?? 0) & ~(generic[key] ?? 0)
+            if let bit = (0..<32).first(where: { extra & (1 << UInt32($0)) != 0 }) { return ("\(key.dropLast(4)).\(key.suffix(3)):\(bit)", "\(key) bit \(bit)") }
+        }
+        throw HarnessError("this host offers nothing beyond the generic model")
+    }
+
+    @Test("a generic guest moves to a target that lacks a feature beyond the model; a host-model guest is refused naming it")
+    func modelGuestMovesWhereHostGuestCannot() throws {
+        let lacking = try Self.offeredBeyondGeneric()
+        for model in ["generic", "host"] {
+            let rig = try MigrationRig()
+            let (src, api) = try rig.source("memtouch.elf", cmdline: "size=16M heartbeat-ms=200 passes=20000", extra: ["--cpu-model", model])
+            #expect(src.waitFor("HEARTBEAT", timeout: 30), "\(src.transcript)")
+            let listen = "unix:" + rig.path("mig.sock")
+            let (dst, _) = try rig.target(listen: listen, extra: ["--cpu-feature-deny", lacking.spec])
+            let s = try rig.send(api, to: listen)
+            if model == "generic" {
+                #expect(s.status == 0, "\(s.stderr)\n\(dst.transcript)")
+                #expect(dst.waitFor("PASS passes=20000", timeout: 120), "\(dst.transcript)")
+            } else {
+                #expect(s.status != 0)
+                #expect(s.stderr.contains(lacking.named), "\(s.stderr)")
+                #expect(src.waitFor("PASS passes=20000", timeout: 120), "the refused guest goes on at the source\n\(src.transcript)")
+            }
+        }
+    }
+}
+
+/// CPUID as the guest's own ring-0 code reads it (GuestImages cpuid.elf).
+@Suite("CPUID seen from inside the guest", .serialized)
+struct CPUIDGuestTests {
+    /// This host's offer as feature words ("0x1.0.ecx" → bits).
+    static func offer() throws -> [String: UInt32] {
+        let r = try runSwiftVMM(["cpu-features", "--json"])
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let f = try #require(obj["features"] as? [String: Any])
+        return f.compactMapValues { ($0 as? NSNumber).map { UInt32(truncatingIfNeeded: $0.uint64Value) } }
+    }
+
+    /// PVM (ENVIRONMENT.md) answers a guest's leaf 7 and 0xD from the processor itself, whatever
+    /// the VMM set; on hardware-assisted KVM every leaf is the VMM's.
+    static let pvm = FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm")
+    static func pvmPassesThrough(_ key: String) -> Bool { key.hasPrefix("0x7.") || key.hasPrefix("0xd.") }
+
+    /// The leaves cpuid.elf printed, keyed "0x1.0" → (eax, ebx, ecx, edx).
+    static func guestLeaves(_ extra: [String]) throws -> [String: [UInt32]] {
+        let r = try runSwiftVMM(["run", "--kernel", Paths.guest("cpuid.elf")] + extra)
+        #expect(r.status == 1 && r.stdout.contains("CPUID done"), "\(r.stdout)\n\(r.stderr)")
+        var out: [String: [UInt32]] = [:]
+        for line in r.stdout.split(separator: "\n") where line.hasPrefix("CPUID 0x") {
+            let parts = line.split(separator: " ")
+            let regs = parts.dropFirst(2).compactMap { p in p.split(separator: "=").last.flatMap { UInt32($0.dropFirst(2), radix: 16) } }
+            if regs.count == 4 { out[String(parts[1])] = regs }
+        }
+        return out
+    }
+
+    /// Register `key` ("0x1.0.ecx") of the guest's leaves.
+    static func reg(_ leaves: [String: [UInt32]], _ key: String) -> UInt32? {
+        let p = key.split(separator: ".")
+        guard p.count == 3, let regs = leaves["\(p[0]).\(p[1])"] else { return nil }
+        return regs[["eax", "ebx", "ecx", "edx"].firstIndex(of: String(p[2])) ?? 0]
+    }
+
+    @Test("a generic guest sees the model's bits for every feature this host's KVM offers, and the model's leaf maxima")
+    func genericModelSeenInside() throws {
+        let offer = try Self.offer()
+        let leaves = try Self.guestLeaves(["--cpu-model", "generic"])
+        let m = try runSwiftVMM(["cpu-features", "--model", "generic"])
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(m.stdout.utf8)) as? [String: Any], "\(m.stderr)")
+        let model = try #require(obj["features"] as? [String: Any]).compactMapValues { ($0 as? NSNumber)?.uint32Value }
+        #expect(model.count == 9)
+        for (key, bits) in model where !(Self.pvm && Self.pvmPassesThrough(key)) {
+            let seen = try #require(Self.reg(leaves, key), "\(key) missing")
+            // Bits KVM does not offer are the platform's to show (PVM passes the processor's own).
+            let controlled = (offer[key] ?? 0) & ~(1 << 31 | 1 << 28 | 1 << 27)
+            #expect(seen & controlled == bits & controlled, "\(key): saw 0x\(String(seen, radix: 16)), model 0x\(String(bits, radix: 16)), KVM controls 0x\(String(controlled, radix: 16))")
+        }
+        #expect(leaves["0x0.0"].map { $0[0] <= 0xd } == true)
+        #expect(leaves["0x80000000.0"].map { $0[0] <= 0x8000_0008 } == true)
+    }
+
+    @Test("--cpu-feature-deny of a bit this host offers hides it from the guest")
+    func deniedBitHiddenInside() throws {
+        let offer = try Self.offer()
+        let ecx = offer["0x1.0.ecx"] ?? 0
+        let bit = try #require([13, 0, 9, 19, 20, 23, 21].first { ecx & (1 << UInt32($0)) != 0 }, "this host offers none of the candidate bits")
+        let plain = try Self.guestLeaves([])
+        let denied = try Self.guestLeaves(["--cpu-feature-deny", "0x1.0.ecx:\(bit)"])
+        #expect(Self.reg(plain, "0x1.0.ecx").map { $0 & (1 << UInt32(bit)) != 0 } == true)
+        #expect(Self.reg(denied, "0x1.0.ecx").map { $0 & (1 << UInt32(bit)) == 0 } == true)
+    }
+}

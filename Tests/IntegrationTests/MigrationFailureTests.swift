@@ -192,8 +192,31 @@ struct MigrationRefusalTests {
                 "the guest stopped on the source", sourceLocation: sourceLocation)
     }
 
+    /// A source that fails the handshake is refused, the target says so in one line and keeps
+    /// waiting (no one who cannot authenticate ends a waiting target), and the guest runs on.
+    func refusedAtHandshake(send sendExtra: [String], recv recvExtra: [String] = [], mentions: String,
+                            sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: "size=16M heartbeat-ms=200")
+        #expect(src.waitFor("HEARTBEAT", timeout: 30), sourceLocation: sourceLocation)
+        let listen = "unix:" + rig.path("m.sock")
+        let (dst, _) = try rig.target(listen: listen, extra: recvExtra)
+        let s = try rig.send(api, to: listen, extra: sendExtra)
+        #expect(s.status != nil && s.status != 0, sourceLocation: sourceLocation)
+        #expect(s.stderr.split(separator: "\n").count == 1 && s.stderr.contains(mentions), "send: \(s.stderr)", sourceLocation: sourceLocation)
+        #expect(dst.waitForStderr("still waiting", timeout: 30), "recv: \(dst.stderr)", sourceLocation: sourceLocation)
+        #expect(dst.stderr.contains("refused a source") && dst.isRunning, "recv: \(dst.stderr)", sourceLocation: sourceLocation)
+        let before = src.stdout.components(separatedBy: "HEARTBEAT").count
+        #expect(src.waitUntilStdout(timeout: 30) { $0.components(separatedBy: "HEARTBEAT").count > before + 1 },
+                "the guest stopped on the source", sourceLocation: sourceLocation)
+    }
+
+    @Test("memory size differs (a pre-check): recv ends, naming it") func memoryDiffers() throws {
+        try refused(recv: ["--memory", "64M"], mentions: "memory size differs")
+    }
+
     @Test("stream version mismatch") func versionMismatch() throws {
-        try refused(send: ["--stream-version", "99"], mentions: "stream version 99")
+        try refusedAtHandshake(send: ["--stream-version", "99"], mentions: "stream version 99")
     }
     @Test("wrong key") func wrongKey() throws {
         let dir = try Paths.tempDirectory()
@@ -201,7 +224,7 @@ struct MigrationRefusalTests {
         let a = dir.appendingPathComponent("a.key").path, b = dir.appendingPathComponent("b.key").path
         try "0123456789abcdef0123456789abcdef".write(toFile: a, atomically: true, encoding: .utf8)
         try "fedcba9876543210fedcba9876543210".write(toFile: b, atomically: true, encoding: .utf8)
-        try refused(send: ["--key-file", a], recv: ["--key-file", b], mentions: "key")
+        try refusedAtHandshake(send: ["--key-file", a], recv: ["--key-file", b], mentions: "key")
     }
 }
 

@@ -114,3 +114,16 @@ struct CPUModelTests {
         #expect(state.msrs.allSatisfy { PortableMSRs.contains($0.index) })
     }
 }
+
+@Suite("TSC rates")
+struct TSCRateUnitTests {
+    @Test("rates agree within 250 ppm, either way round")
+    func tolerance() {
+        #expect(TSCRate.agree(2_445_406, 2_445_406))
+        #expect(TSCRate.agree(2_445_406, 2_445_406 + 611))
+        #expect(TSCRate.agree(2_445_406 + 611, 2_445_406))
+        #expect(!TSCRate.agree(2_445_406, 2_445_406 + 700))
+        #expect(!TSCRate.agree(1_000_000, 2_000_000))
+        #expect(TSCRate.format(2_445_406) == "2445.406 MHz")
+    }
+}

@@ -110,4 +110,46 @@ struct VirtioNetTAPTests {
         #expect(!source.queueDetached)
         source.unquiesce()
     }
+    @Test("a source that committed leaves its queue of the shared TAP: every frame reaches the target; resumed after all, it takes the queue back")
+    func committedSourceLeavesQueue() throws {
+        let ns = try Namespace()
+        // Two processes' guest memories: the source's and the target's.
+        let memory = try virtioTestMemory(), targetMemory = try virtioTestMemory()
+        let mac: [UInt8] = [0x52, 0x54, 0, 0x11, 0x22, 0x44]
+        let tap = "svl\(ns.name.suffix(6))"
+        let (source, target) = try ns.inside {
+            (try makeNet(tap: tap, mac: mac, memory: memory, base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt()),
+             try makeNet(tap: tap, mac: mac, memory: targetMemory, base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt()))
+        }
+        defer { source.shutdown(); target.shutdown() }
+        try ns.inside {
+            let fd = open("/proc/sys/net/ipv6/conf/\(tap)/disable_ipv6", O_WRONLY)
+            if fd >= 0 { _ = write(fd, "1", 1); close(fd) }
+        }
+        try Namespace.run(["-n", ns.name, "link", "set", tap, "up"])
+        let sourceDriver = VirtioTestDriver(memory: memory, device: source)
+        sourceDriver.initialize(queueSizes: [256, 16])
+        for _ in 0..<64 { sourceDriver.submit(0, [(sourceDriver.allocate(2048), 2048, true)]) }
+        // The target as recv builds it: quiesced, its queue detached, until the guest runs there.
+        target.quiesce()
+        #expect(target.queueDetached)
+        let targetDriver = VirtioTestDriver(memory: targetMemory, device: target)
+        // The source pauses for stop-and-copy, commits and leaves; the target resumes the guest.
+        source.quiesce()
+        source.leave()
+        #expect(source.queueDetached)
+        target.unquiesce()
+        targetDriver.initialize(queueSizes: [256, 16])
+        for _ in 0..<64 { targetDriver.submit(0, [(targetDriver.allocate(2048), 2048, true)]) }
+        let fd = try ns.inside { try packetSocket(tap) }
+        defer { close(fd) }
+        for port in 0..<40 {
+            let frame = udpFrame(to: mac, port: UInt16(2000 + port * 13))
+            _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        }
+        #expect(VirtioTestDriver.eventually { target.counters.rxFrames == 40 }, "target got \(target.counters.rxFrames) of 40")
+        // The guest resumes on the source after all (an in-doubt hand-off, `cont`): queue back.
+        source.unquiesce()
+        #expect(!source.queueDetached)
+    }
 }

@@ -65,32 +65,40 @@ struct InProcessMigrationTests {
         #expect(guest.beatsAgain())
     }
 
-    /// A refused migration: the source's error mentions `sourceSays`, the target's `targetSays`,
+    /// A refused migration: the source's error mentions `sourceSays`, the target's `targetSays`
+    /// (nil: a handshake refusal, after which the target keeps waiting — it is then cancelled),
     /// no page moved, and the guest runs on.
     func expectRefusal(send: (inout SendOptions) -> Void = { _ in }, receive: (inout ReceiveOptions) -> Void = { _ in },
-                       sourceSays: String, targetSays: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+                       sourceSays: String, targetSays: String?, sourceLocation: SourceLocation = #_sourceLocation) throws {
         let guest = try LocalGuest("memtouch.elf", cmdline: Self.memtouch)
         let link = try LocalMigration(receive: receive)
         let (_, result) = link.send(guest, send)
         let s = "\(result.failure.map { "\($0)" } ?? "succeeded")"
         #expect(s.contains(sourceSays), "source: \(s)", sourceLocation: sourceLocation)
-        let t = "\(link.targetResult()?.failure.map { "\($0)" } ?? "succeeded")"
-        #expect(t.contains(targetSays), "target: \(t)", sourceLocation: sourceLocation)
+        if let targetSays {
+            let t = "\(link.targetResult()?.failure.map { "\($0)" } ?? "succeeded")"
+            #expect(t.contains(targetSays), "target: \(t)", sourceLocation: sourceLocation)
+        } else {
+            #expect(link.targetResult(timeout: 0.5) == nil, "the target stopped waiting", sourceLocation: sourceLocation)
+            #expect(link.target.progress.snapshot.phase == .waiting, sourceLocation: sourceLocation)
+            link.target.cancel("test over")
+            #expect(link.targetResult()?.failure != nil, sourceLocation: sourceLocation)
+        }
         #expect(link.target.progress.snapshot.wireBytes == 0, sourceLocation: sourceLocation)
         #expect(guest.beatsAgain(), sourceLocation: sourceLocation)
     }
 
-    @Test("refusals before memory moves name what differs, on both sides")
+    @Test("refusals before memory moves name what differs, on both sides; a failed handshake leaves the target waiting")
     func refusals() throws {
-        try expectRefusal(send: { $0.streamVersion = 99 }, sourceSays: "stream version 99 is not supported", targetSays: "stream version 99")
+        try expectRefusal(send: { $0.streamVersion = 99 }, sourceSays: "stream version 99 is not supported", targetSays: nil)
         try expectRefusal(receive: { $0.expectMemory = 128 << 20 }, sourceSays: "memory size differs", targetSays: "memory size differs")
         try expectRefusal(receive: { $0.expectCPUs = 2 }, sourceSays: "vCPU count differs: the guest has 1", targetSays: "vCPU count differs")
         try expectRefusal(receive: { $0.machine.cpuidDeny = ["0x1.0.edx:0"] }, sourceSays: "lacks features the guest uses: CPUID 0x1.0.edx bit 0",
                           targetSays: "0x1.0.edx bit 0")
         let key = Array("0123456789abcdef0123456789abcdef".utf8)
         try expectRefusal(send: { $0.key = key }, receive: { $0.key = Array("a different key, just as long!!!".utf8) },
-                          sourceSays: "the target's key differs", targetSays: "wrong key")
-        try expectRefusal(receive: { $0.key = key }, sourceSays: "authentication required", targetSays: "requires --key-file")
+                          sourceSays: "the target's key differs", targetSays: nil)
+        try expectRefusal(receive: { $0.key = key }, sourceSays: "authentication required", targetSays: nil)
         try expectRefusal(send: { $0.key = key }, sourceSays: "the target has no key", targetSays: "authentication required")
     }
 

@@ -93,4 +93,8 @@ extension MigratableDevice {
 /// A device that can tell the network the guest moved (a NIC sending a RARP announcement).
 public protocol AnnouncingDevice: MigratableDevice {
     func announce()
+    /// The guest has moved away (the source committed): stop taking the network's traffic for
+    /// it, so that frames go to the target as soon as it runs the guest. Undone when the devices
+    /// are unquiesced (the guest resumes here after all).
+    func leave()
 }

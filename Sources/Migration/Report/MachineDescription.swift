@@ -25,6 +25,9 @@ public struct MachineDescription: Sendable, Equatable {
     public var tscKHz: UInt32
     /// The CPU model the guest was started with ("host" when none was named).
     public var cpuModel = "host"
+    /// Only check and build, then tear down (`send --dry-run`); required of the target, so that
+    /// one that does not know dry runs refuses rather than starts a real migration.
+    public var dryRun = false
 
     public init(name: String, uuid: String, vmmVersion: String, memorySize: UInt64, cpus: Int,
                 cpuid: [CPUIDEntry], devices: [Device], tscKHz: UInt32, cpuModel: String = "host") {
@@ -43,7 +46,8 @@ public struct MachineDescription: Sendable, Equatable {
 
     public var stateNode: StateNode {
         var root = StateNode(name: "")
-        root.set("required-features", bytes: Array(Wire.requiredFeatures.map { $0 + "\0" }.joined().utf8))
+        let required = Wire.requiredFeatures + (dryRun ? ["dry-run"] : [])
+        root.set("required-features", bytes: Array(required.map { $0 + "\0" }.joined().utf8))
         root.set("name", string: name)
         root.set("uuid", string: uuid)
         root.set("vmm-version", string: vmmVersion)
@@ -74,6 +78,7 @@ public struct MachineDescription: Sendable, Equatable {
             guard unknown.isEmpty else {
                 throw MigrationError.refused("the source requires stream features this swiftvmm lacks: \(unknown.joined(separator: ", "))")
             }
+            dryRun = required.contains("dry-run")
             name = try root.string("name")
             uuid = try root.string("uuid")
             vmmVersion = try root.string("vmm-version")

@@ -54,6 +54,9 @@ public struct MigrationProgress: Sendable {
     public var startedAt = Date()
     public var error: String?
     public var peer = ""
+    /// Dry runs answered (target) and the last verdict ("eligible" or the reasons).
+    public var dryRuns = 0
+    public var lastDryRun: String?
 
     public var percent: Double {
         memoryBytes == 0 ? 0 : min(100, Double(memoryCovered) * 100 / Double(memoryBytes))
@@ -68,6 +71,8 @@ public struct MigrationProgress: Sendable {
             "elapsed_s": Date().timeIntervalSince(startedAt).rounded3, "peer": peer,
         ]
         if let e = error { d["error"] = e }
+        if dryRuns > 0 { d["dry_runs"] = dryRuns }
+        if let v = lastDryRun { d["last_dry_run"] = v }
         return d
     }
 }
@@ -109,6 +114,8 @@ public struct MigrationReport: Sendable {
     public var compression = "lz4"
     public var endpoint = ""
     public var maxThrottle = 0
+    /// A dry run's verdict (nil for a real migration).
+    public var dryRun: DryRunVerdict?
     /// When the source paused the guest: wall clock (compared with the target's) and monotonic.
     var pausedAtWallNs: UInt64 = 0
     var pausedAtMonotonic: Double = 0
@@ -126,6 +133,6 @@ public struct MigrationReport: Sendable {
          "compression": compression,
          "compression_ratio": wireBytes == 0 ? 1 : (Double(rawBytes) / Double(wireBytes)).rounded3,
          "max_throttle_percent": maxThrottle, "endpoint": endpoint,
-         "rounds": rounds.map(\.json)]
+         "rounds": rounds.map(\.json)].merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }
     }
 }

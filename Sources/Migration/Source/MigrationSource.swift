@@ -20,6 +20,9 @@ public struct SendOptions: Sendable {
     public var holdBeforeCommitMs: Double = 0
     /// Give up when the target makes no progress for this many seconds (nil: never).
     public var timeout: Double? = 30
+    /// Only connect, authenticate and have the target check and build the machine, then tear
+    /// it down: the report says whether the guest could move, and every reason it could not.
+    public var dryRun = false
 
     public init(endpoint: Endpoint) { self.endpoint = endpoint }
 }
@@ -77,6 +80,7 @@ public final class MigrationSource: @unchecked Sendable {
             $0.peer = options.endpoint.description
         }
         let session = SourceSession(vm: vm, options: options, uuid: uuid, progress: progress, cancellation: cancellation)
+        if options.dryRun { return dryRun(session) }
         var runner = PhaseRunner(session: session, progress: progress, committed: { session.committed })
         do {
             try runner.run(SourceConnect())

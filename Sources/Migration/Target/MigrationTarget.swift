@@ -11,6 +11,9 @@ public struct ReceiveOptions: Sendable {
     public var expectCPUs: Int?
     /// How the guest's machine is built here (its disks, NICs, serial, withheld CPU features).
     public var machine: TargetMachineBuilder
+    /// Accept a guest whose TSC rate differs from this host's when KVM cannot scale it (its
+    /// clock then runs at this host's rate).
+    public var allowTSCMismatch = false
     /// Give up when the source makes no progress for this many seconds (nil: never).
     public var timeout: Double? = 30
     /// Instead of listening, read the source's side of a captured stream from this file (the
@@ -101,14 +104,26 @@ public final class MigrationTarget: @unchecked Sendable {
     }
 
     /// Receives the guest and returns its machine, running. On failure nothing ran here.
+    /// Dry runs are answered on the way, each on its own connection.
     public func run() throws -> VM {
         if takeListener() < 0 && options.replay == nil { try listen() }
+        while true {
+            if let vm = try receiveOne() { return vm }
+            progress.update { $0.phase = .waiting; $0.peer = options.endpoint.description; $0.error = nil }
+        }
+    }
+
+    /// One source's session: the running machine, or nil after a dry run.
+    private func receiveOne() throws -> VM? {
         let session = TargetSession(target: self, options: options, progress: progress, cancellation: cancellation)
         self.session = session
         var runner = PhaseRunner(session: session, progress: progress, committed: { session.resumed || session.inDoubt })
         do {
             try runner.run(TargetAccept())
-            try runner.run(TargetPreCheck())
+            do { try runner.run(TargetPreCheck()) } catch is DryRunAnswered {
+                session.connection?.close()
+                return nil
+            }
             try runner.run(TargetReceive())
             try runner.run(TargetHandOff())
             guard let vm = session.vm else { throw MigrationError.machine("no machine after the hand-off") }

@@ -1,3 +1,4 @@
+import Foundation
 import Machine
 
 /// Builds, on the target, the machine an incoming guest needs: its memory, vCPUs and CPUID
@@ -44,10 +45,36 @@ public struct TargetMachineBuilder: Sendable {
         var config = VMConfig(name: name ?? desc.name, memorySize: desc.memorySize, cpus: desc.cpus, serial: serial,
                               cpuidDeny: cpuidDeny, kvmDevice: kvmDevice, disks: disks, nics: nics,
                               cpuidTable: desc.cpuid, deferMemorySlots: true)
+        if case .scale(let guest, let host) = try? TSCRate.decide(guestKHz: desc.tscKHz, kvmDevice: kvmDevice) {
+            FileHandle.standardError.write(Data("swiftvmm: the guest's TSC runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)): KVM scales it to the guest's rate\n".utf8))
+            config.tscKHz = guest
+        }
         // The guest's table comes with it; the model decides which MSRs travel on from here.
         config.cpuModel = desc.cpuModel == "host" ? .host
             : CPUModel.named(desc.cpuModel) ?? CPUModel(name: desc.cpuModel, features: [:], xcr0: 0, maxBasicLeaf: 0, maxExtendedLeaf: 0)
         return config
+    }
+
+    /// Every device of `desc` this host cannot give the guest, one reason each.
+    public func deviceProblems(_ desc: MachineDescription) -> [String] {
+        var out: [String] = []
+        var nicCount = 0
+        for d in desc.devices {
+            switch d.kind {
+            case .virtioBlock:
+                if let vol = d.volume {
+                    if !disks.contains(where: { $0.volume == vol }) {
+                        out.append("volume '\(vol)' is missing on the target: pass --disk vol=\(vol),path=FILE to recv")
+                    }
+                } else { out.append("the guest's disk \(d.stateName) has no volume name") }
+            case .virtioNet:
+                nicCount += 1
+                if nicCount > nics.count { out.append("the guest has a NIC (\(d.stateName)) but recv has no --net for it") }
+            case .serial:
+                break
+            }
+        }
+        return out
     }
 
     /// Builds the machine, paused, with guest RAM not yet given to KVM; the device layout must

@@ -3,7 +3,9 @@ import Glibc
 import Machine
 
 /// Wait for the one source and run the handshake. A peer that hangs up or is not a swiftvmm
-/// before its hello (a port probe, a health check) is noted and the target keeps waiting.
+/// before its hello (a port probe, a health check), or that fails the handshake (another
+/// stream version, a wrong or missing key), is noted in one line and the target keeps waiting:
+/// no one who cannot authenticate can end a waiting target.
 final class TargetAccept: MigrationStep {
     var phase: MigrationPhase { .waiting }
     /// How long a new connection may take to say hello.
@@ -29,14 +31,19 @@ final class TargetAccept: MigrationStep {
             Transport.setReceiveTimeout(fd, seconds: 0)
             c.idleTimeout = s.options.timeout
             Transport.setTCPTimeouts(fd, seconds: s.options.timeout)
+            guard let hello = s.hello else { c.close(); continue }
+            do {
+                _ = try Handshake.respond(c, preambleVersion: s.preambleVersion, hello: hello, key: s.options.key)
+            } catch {
+                FileHandle.standardError.write(Data("swiftvmm: refused a source (\(hello.name)): \(error); still waiting\n".utf8))
+                c.close()
+                continue
+            }
             s.connection = c
             break
         }
-        s.target.closeListener()
         s.cancellation.attach(s.connection)
         s.progress.update { $0.phase = .setup }
-        guard let hello = s.hello else { throw MigrationError.stream("no hello") }
-        _ = try Handshake.respond(try s.conn(), preambleVersion: s.preambleVersion, hello: hello, key: s.options.key)
         Faults.hit(.afterHello, .target, s.connection)
         try s.cancellation.check()
     }
@@ -57,6 +64,9 @@ extension TargetAccept {
     }
 }
 
+/// A dry run was answered: the session ends, the target waits for the next source.
+struct DryRunAnswered: Error {}
+
 /// Check the guest's description against this host, before any memory moves, then build its
 /// machine paused.
 final class TargetPreCheck: MigrationStep {
@@ -69,6 +79,8 @@ final class TargetPreCheck: MigrationStep {
         do { desc = try MachineDescription(node: try FDTCodec.decode(blob)) } catch let e as MigrationError { throw e } catch {
             throw MigrationError.stream("configuration section: \(error)")
         }
+        if desc.dryRun { try Self.dryRun(desc, s) }
+        s.target.closeListener()
         try Self.check(desc, s.options)
         let vm = try s.options.machine.build(desc)
         s.vm = vm
@@ -88,28 +100,63 @@ final class TargetPreCheck: MigrationStep {
         s.progress.update { $0.memoryBytes = desc.memorySize }
     }
 
-    /// Refuses, naming what differs, a guest this host cannot run.
+    /// Refuses, naming everything that differs, a guest this host cannot run.
     static func check(_ desc: MachineDescription, _ options: ReceiveOptions) throws {
+        let reasons = reasons(desc, options)
+        if !reasons.isEmpty { throw MigrationError.refused(reasons.joined(separator: "; ")) }
+    }
+
+    /// Every reason this host cannot run the guest `desc` describes (empty: it can).
+    static func reasons(_ desc: MachineDescription, _ options: ReceiveOptions) -> [String] {
+        var out: [String] = []
         if let m = options.expectMemory, m != desc.memorySize {
-            throw MigrationError.refused("memory size differs: the guest has \(ByteSize.format(desc.memorySize)), recv --memory is \(ByteSize.format(m))")
+            out.append("memory size differs: the guest has \(ByteSize.format(desc.memorySize)), recv --memory is \(ByteSize.format(m))")
         }
         if let c = options.expectCPUs, c != desc.cpus {
-            throw MigrationError.refused("vCPU count differs: the guest has \(desc.cpus), recv --cpus is \(c)")
+            out.append("vCPU count differs: the guest has \(desc.cpus), recv --cpus is \(c)")
         }
         do { _ = try MemoryMap(memorySize: desc.memorySize) } catch {
-            throw MigrationError.refused("guest memory layout cannot be hosted: \(error)")
+            out.append("guest memory layout cannot be hosted: \(error)")
         }
         if let avail = HostMemory.available(), avail < desc.memorySize {
-            throw MigrationError.refused("not enough free memory on the target: the guest needs \(ByteSize.format(desc.memorySize)), \(ByteSize.format(avail)) available")
+            out.append("not enough free memory on the target: the guest needs \(ByteSize.format(desc.memorySize)), \(ByteSize.format(avail)) available")
         }
-        let host: [CPUIDEntry]
-        do { host = try HostCPU.offer(kvmDevice: options.machine.kvmDevice, deny: options.machine.cpuidDeny, vcpuCount: desc.cpus) } catch {
-            throw MigrationError.refused("\(error)")
+        do {
+            let host = try HostCPU.offer(kvmDevice: options.machine.kvmDevice, deny: options.machine.cpuidDeny, vcpuCount: desc.cpus)
+            let missing = CPUIDPolicy.missing(guest: CPUIDPolicy.featureWords(desc.cpuid), host: CPUIDPolicy.featureWords(host))
+            if !missing.isEmpty {
+                out.append("the target CPU lacks features the guest uses: CPUID \(missing.prefix(8).joined(separator: ", "))\(missing.count > 8 ? " …" : "")")
+            }
+        } catch { out.append("\(error)") }
+        if let tsc = tscProblem(desc, options) { out.append(tsc) }
+        return out + options.machine.deviceProblems(desc)
+    }
+
+    /// Why this host cannot take a guest with this TSC rate, if it cannot (unless allowed).
+    static func tscProblem(_ desc: MachineDescription, _ options: ReceiveOptions) -> String? {
+        let decision: TSCRate.Decision
+        do { decision = try TSCRate.decide(guestKHz: desc.tscKHz, kvmDevice: options.machine.kvmDevice) } catch { return "\(error)" }
+        guard case .mismatch(let guest, let host) = decision else { return nil }
+        if options.allowTSCMismatch {
+            FileHandle.standardError.write(Data("swiftvmm: warning: the guest's TSC runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)) and KVM here cannot scale it; accepted (--allow-tsc-mismatch): the guest's clock will drift\n".utf8))
+            return nil
         }
-        let missing = CPUIDPolicy.missing(guest: CPUIDPolicy.featureWords(desc.cpuid), host: CPUIDPolicy.featureWords(host))
-        if !missing.isEmpty {
-            throw MigrationError.refused("the target CPU lacks features the guest uses: CPUID \(missing.prefix(8).joined(separator: ", "))\(missing.count > 8 ? " …" : "")")
+        return "TSC rate differs: the guest's runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)), and KVM here cannot scale it (no KVM_CAP_TSC_CONTROL); recv --allow-tsc-mismatch accepts it anyway"
+    }
+
+    /// A dry run: every check, then the machine built paused and torn down; the verdict goes
+    /// to the source and into `status`, and the target waits for the next source.
+    static func dryRun(_ desc: MachineDescription, _ s: TargetSession) throws {
+        var reasons = reasons(desc, s.options)
+        if reasons.isEmpty {
+            do { try s.options.machine.build(desc).tearDown(.internalError("dry run")) } catch { reasons.append("\(error)") }
         }
+        let verdict = DryRunVerdict(eligible: reasons.isEmpty, reasons: reasons)
+        try s.conn().send(verdict)
+        let line = reasons.isEmpty ? "eligible" : "not eligible: " + reasons.joined(separator: "; ")
+        FileHandle.standardError.write(Data("swiftvmm: dry run from \(desc.name): \(line)\n".utf8))
+        s.progress.update { $0.dryRuns += 1; $0.lastDryRun = line }
+        throw DryRunAnswered()
     }
 
     func rollback(_ s: TargetSession) {

@@ -41,6 +41,14 @@ public struct Accept: WireMessage {
     public var name: String
 }
 
+/// R→S, after a dry run's `config`: whether the target could host the guest, and every reason
+/// it could not. The target then waits for the next source.
+public struct DryRunVerdict: WireMessage {
+    public static var section: SectionType { .verdict }
+    public var eligible: Bool
+    public var reasons: [String]
+}
+
 /// Either way: a one-line reason; the connection ends.
 public struct ErrorReport: WireMessage {
     public static var section: SectionType { .error }

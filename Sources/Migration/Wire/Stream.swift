@@ -30,7 +30,7 @@ public enum Wire {
     public static let streamVersion: UInt32 = 2
     public static let maxSectionLength = 64 << 20
     /// FDT feature names this reader understands (see `required-features`).
-    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2"]
+    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2", "dry-run"]
     /// What this writer requires of a reader.
     public static let requiredFeatures = ["pages-v1", "state-v2"]
 }
@@ -53,6 +53,7 @@ public enum SectionType: UInt16, Sendable, CaseIterable {
     case progress = 14      // S→R: sender progress for the target's status (JSON, optional)
     case roundAck = 15      // R→S: every page of the round is in guest memory (flow control)
     case sealed = 16        // either way, after a keyed handshake: any other section, encrypted
+    case verdict = 17       // R→S: a dry run's result — eligible, or every reason not (JSON)
 
     public var name: String { String(describing: self) }
 }

@@ -42,7 +42,7 @@ extension VirtioNet {
 
     /// Attaches or detaches our queue of a multi-queue TAP: a detached queue is skipped when
     /// the kernel spreads incoming frames over the TAP's queues.
-    private func setQueueAttached(_ attached: Bool) {
+    func setQueueAttached(_ attached: Bool) {
         guard multiQueue, attached == queueDetached else { return }
         let r = clinux_tap_set_queue_attached(tapFD, attached ? 1 : 0)
         if r < 0 {

@@ -360,6 +360,14 @@ extension VirtioMMIODevice: AnnouncingDevice where Device == VirtioNet {
     /// Tells the network the guest is here now (after a migration): sends the RARP announcement
     /// out through the TAP at once, and twice more 100 ms and 300 ms later (as QEMU repeats it),
     /// so that switches and bridges learn the guest's new port.
+    /// The guest moved away: our queue of a shared multi-queue TAP is detached, so that the
+    /// kernel forgets the flows it steered to us (to the queue that last sent on each) and
+    /// hands every frame to the target's queue once it attaches — not to this process until it
+    /// exits. Unquiescing attaches it again.
+    public func leave() {
+        withDevice { $0.setQueueAttached(false) }
+    }
+
     public func announce() {
         sendAnnouncement()
         for delay in [100, 300] {
