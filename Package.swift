@@ -40,7 +40,8 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "Machine"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Machine", "Harness"]),
+        .testTarget(name: "ControlTests", dependencies: ["Control"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Machine", "Harness"], exclude: ["qmp"]),
         // The harness the integration tests and the benchmarks share: child processes with
         // collected output, namespaces, the migration rig, a QMP/JSON-lines client, clean-up.
         .target(name: "Harness", path: "Tests/Harness"),

@@ -1,121 +1,119 @@
 import Foundation
 import Migration
 
-/// A request on the control socket, decoded and checked: the handler never sees raw JSON.
+/// A QMP command, decoded and checked: the handler never sees raw JSON. QEMU's names and
+/// arguments where QEMU has the command; swiftvmm's own under `x-swiftvmm-`, as QEMU names
+/// extensions.
 public enum ControlCommand: Sendable {
     case queryStatus
-    case queryMigrate
+    case queryVersion
+    case queryCommands
     /// Pause the vCPUs.
     case stop
     /// Resume the vCPUs.
     case cont
     /// Stop the guest (or a waiting receive) and exit.
     case quit
-    case migrate(SendOptions)
+    case queryCPUsFast
+    /// Start migrating to `uri`; returns at once (progress: `query-migrate`, MIGRATION events).
+    case migrate(Endpoint)
     case migrateCancel
+    case queryMigrate
+    case migrateSetParameters(MigrationParameters.Change)
+    case queryMigrateParameters
+    /// swiftvmm's own status: name, memory, vCPUs, CPU model, unclaimed I/O, migration progress.
+    case machineStatus
     /// Write the paused machine's state (an FDT) to a file.
     case dumpState(path: String)
+    /// Check, without moving anything, that the guest could move to `uri`: the target runs
+    /// every pre-check and builds the machine, then tears it down. Returns the verdict.
+    case migrateDryRun(Endpoint)
 
-    /// Every command name, for `CommandNotFound` replies.
-    public static let names = ["query-status", "query-migrate", "stop", "cont", "quit", "migrate", "migrate-cancel", "dump-state"]
+    /// Every command and the arguments it takes (anything else is refused, as QEMU does).
+    public static let table: [(name: String, arguments: Set<String>)] = [
+        ("qmp_capabilities", ["enable"]),
+        ("query-status", []), ("query-version", []), ("query-commands", []),
+        ("stop", []), ("cont", []), ("quit", []), ("query-cpus-fast", []),
+        ("migrate", ["uri", "detach", "resume"]), ("migrate_cancel", []), ("query-migrate", []),
+        ("migrate-set-parameters", MigrationParameters.names), ("query-migrate-parameters", []),
+        ("x-swiftvmm-query-status", []), ("x-swiftvmm-dump-state", ["path"]), ("x-swiftvmm-migrate-dry-run", ["uri"]),
+    ]
 
-    /// The name on the wire.
-    public var name: String {
-        switch self {
-        case .queryStatus: return "query-status"
-        case .queryMigrate: return "query-migrate"
-        case .stop: return "stop"
-        case .cont: return "cont"
-        case .quit: return "quit"
-        case .migrate: return "migrate"
-        case .migrateCancel: return "migrate-cancel"
-        case .dumpState: return "dump-state"
-        }
-    }
+    /// Every command name, for `query-commands`.
+    public static var names: [String] { table.map(\.name) }
 
     /// Decodes `name` with its `arguments` (a JSON object).
-    public init(name: String, arguments a: [String: Any]) throws(ControlCommandError) {
+    public init(name: String, arguments a: [String: Any]) throws(QMPError) {
+        guard let allowed = Self.table.first(where: { $0.name == name })?.arguments else {
+            throw QMPError(.commandNotFound, "The command \(name) has not been found")
+        }
+        for key in a.keys.sorted() where !allowed.contains(key) { throw .generic("Parameter '\(key)' is unexpected") }
         switch name {
         case "query-status": self = .queryStatus
-        case "query-migrate": self = .queryMigrate
+        case "query-version": self = .queryVersion
+        case "query-commands": self = .queryCommands
         case "stop": self = .stop
         case "cont": self = .cont
         case "quit": self = .quit
-        case "migrate-cancel": self = .migrateCancel
-        case "dump-state":
-            guard let path = a["path"] as? String, !path.isEmpty else { throw .invalid("dump-state needs \"path\"") }
+        case "query-cpus-fast": self = .queryCPUsFast
+        case "migrate": self = .migrate(try Self.migrateURI(a))
+        case "migrate_cancel": self = .migrateCancel
+        case "query-migrate": self = .queryMigrate
+        case "migrate-set-parameters": self = .migrateSetParameters(try MigrationParameters.Change(a))
+        case "query-migrate-parameters": self = .queryMigrateParameters
+        case "x-swiftvmm-query-status": self = .machineStatus
+        case "x-swiftvmm-dump-state":
+            let path = try Arguments.string(a, "path")
+            guard !path.isEmpty else { throw .generic("Parameter 'path' must not be empty") }
             self = .dumpState(path: path)
-        case "migrate": self = .migrate(try Self.sendOptions(a))
-        default: throw .unknown(name)
+        case "x-swiftvmm-migrate-dry-run": self = .migrateDryRun(try Self.migrateURI(a))
+        default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
         }
     }
 
-    /// The arguments of `migrate` as `SendOptions`: `uri`, and optionally `downtime-ms`,
-    /// `max-bandwidth` (bytes/s), `max-time` (s), `timeout` (s, 0 never), `auto-converge`,
-    /// `compress` (lz4|none), `key` (hex).
-    static func sendOptions(_ a: [String: Any]) throws(ControlCommandError) -> SendOptions {
-        guard let uri = a["uri"] as? String else { throw .invalid("migrate needs \"uri\"") }
-        var o: SendOptions
-        do { o = SendOptions(endpoint: try Endpoint.parse(uri)) } catch { throw .invalid("\(error)") }
-        if let v = try number(a, "downtime-ms") {
-            guard v > 0 else { throw .invalid("downtime-ms must be positive") }
-            o.downtimeMs = v
-        }
-        if let v = try number(a, "max-bandwidth") {
-            guard v > 0 else { throw .invalid("max-bandwidth must be positive") }
-            o.maxBandwidth = v
-        }
-        if let v = try number(a, "max-time") { o.maxTime = v }
-        if let v = try number(a, "timeout") {
-            guard v >= 0 else { throw .invalid("timeout must be 0 (never) or more") }
-            o.timeout = v > 0 ? v : nil
-        }
-        if let v = a["auto-converge"] {
-            guard let b = v as? Bool else { throw .invalid("auto-converge must be true or false") }
-            o.autoConverge = b
-        }
-        if let v = a["compress"] {
-            guard let s = v as? String, let c = Compression(rawValue: s) else { throw .invalid("compress must be lz4 or none") }
-            o.compression = c
-        }
-        if let v = a["key"] {
-            guard let s = v as? String, let k = [UInt8](hexString: s), k.count >= 16 else { throw .invalid("key must be at least 16 bytes, hex") }
-            o.key = k
-        }
-        if let v = a["dry-run"] {
-            guard let b = v as? Bool else { throw .invalid("dry-run must be true or false") }
-            o.dryRun = b
-        }
-        if let v = try number(a, "stream-version") { o.streamVersion = UInt32(clamping: Int(v)) }
-        if let v = try number(a, "hold-before-commit-ms") { o.holdBeforeCommitMs = v }
-        return o
-    }
-
-    private static func number(_ a: [String: Any], _ key: String) throws(ControlCommandError) -> Double? {
-        guard let v = a[key] else { return nil }
-        if let d = v as? Double, d.isFinite { return d }
-        if let i = v as? Int { return Double(i) }
-        throw .invalid("\(key) must be a number")
+    /// `migrate`'s `uri` (`tcp:HOST:PORT` or `unix:PATH`); `detach` is accepted and ignored
+    /// (a migration always runs in the background), `resume` (postcopy recovery) must be false.
+    static func migrateURI(_ a: [String: Any]) throws(QMPError) -> Endpoint {
+        let uri = try Arguments.string(a, "uri")
+        _ = try Arguments.bool(a, "detach")
+        if try Arguments.bool(a, "resume") == true { throw .generic("swiftvmm has no postcopy to resume") }
+        do { return try Endpoint.parse(uri) } catch { throw .generic("Invalid uri '\(uri)': \(error)") }
     }
 }
 
-/// Why a request could not be decoded.
-public enum ControlCommandError: Error, Equatable, CustomStringConvertible {
-    case unknown(String)
-    case invalid(String)
-
-    public var description: String {
-        switch self {
-        case .unknown(let n): return "unknown command '\(n)'"
-        case .invalid(let s): return s
-        }
+/// Typed access to a command's arguments, with QEMU's wording for what is missing or wrong.
+enum Arguments {
+    static func string(_ a: [String: Any], _ key: String) throws(QMPError) -> String {
+        guard let v = a[key] else { throw .generic("Parameter '\(key)' is missing") }
+        guard let s = v as? String else { throw .generic("Invalid parameter type for '\(key)', expected: string") }
+        return s
     }
 
-    /// The QMP error class.
-    public var errorClass: String {
-        switch self {
-        case .unknown: return "CommandNotFound"
-        case .invalid: return "GenericError"
-        }
+    static func optionalString(_ a: [String: Any], _ key: String) throws(QMPError) -> String? {
+        guard a[key] != nil else { return nil }
+        return try string(a, key)
+    }
+
+    static func bool(_ a: [String: Any], _ key: String) throws(QMPError) -> Bool? {
+        guard let v = a[key] else { return nil }
+        guard isBool(v), let b = v as? Bool else { throw .generic("Invalid parameter type for '\(key)', expected: boolean") }
+        return b
+    }
+
+    /// Whether a parsed JSON value was `true`/`false` (Foundation hands both numbers and
+    /// booleans over as `NSNumber`, and `1 as? Bool` succeeds).
+    static func isBool(_ v: Any) -> Bool {
+        if type(of: v) == Bool.self { return true }
+        guard let n = v as? NSNumber else { return false }
+        return String(cString: n.objCType) == "c"
+    }
+
+    /// A non-negative integer (QMP's `uint64`/`size`).
+    static func unsigned(_ a: [String: Any], _ key: String) throws(QMPError) -> UInt64? {
+        guard let v = a[key] else { return nil }
+        if isBool(v) { throw .generic("Invalid parameter type for '\(key)', expected: integer") }
+        if let i = v as? Int, i >= 0 { return UInt64(i) }
+        if let d = v as? Double, d >= 0, d.rounded() == d, d < 1.8e19 { return UInt64(d) }
+        throw .generic("Parameter '\(key)' expects a non-negative integer")
     }
 }

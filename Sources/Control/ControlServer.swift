@@ -3,40 +3,43 @@ import Glibc
 import Machine
 import Migration
 
-/// A QMP-like control socket: one JSON object per line in each direction.
+/// The QMP monitor: a UNIX socket speaking QEMU's Machine Protocol, one JSON object per line in
+/// each direction.
 ///
-/// Request: `{"execute": "query-status", "arguments": {…}}`.
-/// Reply: `{"return": {…}}` or `{"error": {"class": "GenericError", "desc": "…"}}`.
+/// On connect the server greets (`{"QMP": {"version": …, "capabilities": []}}`); the client
+/// negotiates with `qmp_capabilities` (any other command before that is `CommandNotFound`), then
+/// sends `{"execute": NAME, "arguments": {…}, "id": ANY}` and gets `{"return": …, "id": ANY}` or
+/// `{"error": {"class", "desc"}, "id": ANY}`; asynchronous `{"event": …}` lines come in between.
 /// Access control is the socket file's mode (0600). Clients are untrusted all the same: a
-/// request line is at most `maxLine` bytes (a longer one gets an error and the connection is
+/// request is at most `maxLine` bytes (a longer one gets an error and the connection is
 /// closed), at most `maxClients` are served at once (more are closed at once), and a client that
-/// does not read its replies is dropped after a few seconds rather than holding a thread.
+/// does not read what it is sent is dropped after a few seconds rather than holding a thread.
 public final class ControlServer: @unchecked Sendable {
     public static let maxLine = 1 << 20
     public static let maxClients = 64
-    /// How long a reply may wait for a client that does not read it.
+    /// How long a reply or an event may wait for a client that does not read it.
     static let sendTimeoutSeconds = 5
-    public typealias Handler = @Sendable (_ command: String, _ arguments: [String: Any]) -> ControlReply
+    /// Runs one negotiated command for client `client`: its `return` value, or the error.
+    public typealias Handler = @Sendable (_ client: Int, _ command: String, _ arguments: [String: Any]) -> Result<Any, QMPError>
 
     public let path: String
     private let fd: Int32
     private let handler: Handler
+    private let events: EventBroadcaster
+    private let closed: @Sendable (Int) -> Void
     private let lock = NSLock()
     private var stopped = false
     private var clients = 0
-    /// Called after the reply to `command` was written to its client.
-    public var replyWritten: (@Sendable (String) -> Void)?
+    private var nextClient = 0
 
     /// Binds `path` (replacing a stale socket; refusing a live one) and serves on background threads.
-    public init(path: String, handler: @escaping Handler) throws {
+    /// `closed` learns when a client hung up; `events` go to every negotiated client.
+    public init(path: String, events: EventBroadcaster, handler: @escaping Handler, closed: @escaping @Sendable (Int) -> Void = { _ in }) throws {
         guard path.utf8.count < 108 else { throw ControlError("API socket path '\(path)' is longer than 107 bytes") }
         var st = stat()
         if lstat(path, &st) == 0 {
             guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw ControlError("API socket '\(path)' exists and is not a socket") }
-            if let c = try? ControlClient(path: path) {
-                _ = c
-                throw ControlError("API socket '\(path)' is in use by another swiftvmm")
-            }
+            if ControlClient.isListening(path) { throw ControlError("API socket '\(path)' is in use by another swiftvmm") }
             unlink(path)
         }
         let dir = (path as NSString).deletingLastPathComponent
@@ -55,6 +58,8 @@ public final class ControlServer: @unchecked Sendable {
         self.path = path
         self.fd = s
         self.handler = handler
+        self.events = events
+        self.closed = closed
         let t = Thread { [self] in self.acceptLoop() }
         t.name = "control"
         t.start()
@@ -83,109 +88,145 @@ public final class ControlServer: @unchecked Sendable {
             let c = accept(fd, nil, nil)
             if c < 0 { if errno == EINTR || errno == EAGAIN { continue }; return }
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-            let admitted = lock.withLock { () -> Bool in
-                guard clients < Self.maxClients else { return false }
+            let id = lock.withLock { () -> Int? in
+                guard clients < Self.maxClients else { return nil }
                 clients += 1
-                return true
+                nextClient += 1
+                return nextClient
             }
-            guard admitted else {
-                _ = writeLine(c, ["error": ["class": "GenericError", "desc": "too many clients (at most \(Self.maxClients))"]])
-                close(c)
+            let connection = QMPConnection(fd: c, id: id ?? 0)
+            guard let id else {
+                _ = connection.write(["error": ["class": "GenericError", "desc": "too many clients (at most \(Self.maxClients))"]])
+                connection.close()
                 continue
             }
             var tv = timeval(tv_sec: Self.sendTimeoutSeconds, tv_usec: 0)
             setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             let t = Thread { [self] in
                 Confinement.confineThread(.control, name: "control-client")
-                self.serve(c)
+                self.serve(connection)
+                self.events.unsubscribe(id)
+                connection.close()
                 self.lock.withLock { self.clients -= 1 }
+                self.closed(id)
             }
             t.name = "control-client"
             t.start()
         }
     }
 
-    private func serve(_ c: Int32) {
-        defer { close(c) }
-        var buffer = [UInt8]()
+    private func serve(_ c: QMPConnection) {
+        guard c.write(QMP.greeting) else { return }
+        var framer = QMPFramer(maxBytes: Self.maxLine)
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = chunk.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
+            let n = chunk.withUnsafeMutableBytes { read(c.fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
-            let searchFrom = buffer.count
-            buffer.append(contentsOf: chunk[0..<n])
-            if buffer[searchFrom...].firstIndex(of: 10) == nil {
-                guard buffer.count <= Self.maxLine else {
-                    _ = writeLine(c, ["error": ["class": "GenericError", "desc": "request line longer than \(Self.maxLine) bytes"]])
+            for frame in framer.feed(chunk[0..<n]) {
+                switch frame {
+                case .message(let text): guard c.write(reply(to: text, from: c)) else { return }
+                case .tooLong:
+                    _ = c.write(QMPError.generic("request longer than \(Self.maxLine) bytes").json())
+                    return
+                case .tooDeep:
+                    _ = c.write(QMPError.generic("JSON parse error, nested deeper than \(QMPFramer.maxDepth)").json())
                     return
                 }
-                continue
-            }
-            while let nl = buffer.firstIndex(of: 10) {
-                let line = Array(buffer[..<nl])
-                buffer.removeSubrange(...nl)
-                let (command, reply) = Self.respond(to: line, handler: handler)
-                let ok = send(c, reply)
-                if let command { replyWritten?(command) }
-                guard ok else { return }
             }
         }
     }
 
-    /// The reply line (with its newline) to one request line (without it), and the command it
-    /// named when it named one: all the server does with a client's bytes, without a socket.
-    public static func respond(to line: [UInt8], handler: Handler) -> (command: String?, reply: [UInt8]) {
-        let (command, reply) = reply(to: line, handler: handler)
-        return (command, encode(reply))
+    /// The reply to one request: capabilities negotiation first, then the handler.
+    private func reply(to line: [UInt8], from c: QMPConnection) -> [String: Any] {
+        let object: [String: Any]
+        do throws(QMPError) { object = try QMP.Request.object(line) } catch { return error.json() }
+        let id = object["id"]
+        let request: QMP.Request
+        do throws(QMPError) { request = try QMP.Request(object) } catch { return error.json(id: id) }
+        let result: Result<Any, QMPError>
+        switch (request.command, c.negotiated) {
+        case ("qmp_capabilities", false):
+            result = Self.negotiate(request.arguments)
+            if case .success = result {
+                c.negotiated = true
+                events.subscribe(c.id) { [weak c] line in c?.write(line) ?? false }
+            }
+        case ("qmp_capabilities", true):
+            result = .failure(QMPError(.commandNotFound, "Capabilities negotiation is already complete, command ignored"))
+        case (_, false):
+            result = .failure(QMPError(.commandNotFound, "Expecting capabilities negotiation with 'qmp_capabilities'"))
+        case (let name, true):
+            result = handler(c.id, name, request.arguments)
+        }
+        switch result {
+        case .success(let value):
+            var r: [String: Any] = ["return": value]
+            if let id { r["id"] = id }
+            return r
+        case .failure(let error): return error.json(id: id)
+        }
     }
 
-    private static func reply(to line: [UInt8], handler: Handler) -> (String?, [String: Any]) {
-        guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-              let command = obj["execute"] as? String else {
-            return (nil, ["error": ["class": "GenericError", "desc": "request is not a JSON object with \"execute\""]])
+    /// `qmp_capabilities`: `enable` may list only capabilities the greeting offered (none).
+    static func negotiate(_ arguments: [String: Any]) -> Result<Any, QMPError> {
+        for key in arguments.keys where key != "enable" { return .failure(.generic("Parameter '\(key)' is unexpected")) }
+        guard let enable = arguments["enable"] else { return .success([String: Any]()) }
+        guard let list = enable as? [Any] else { return .failure(.generic("Invalid parameter type for 'enable', expected: array")) }
+        for cap in list {
+            guard let name = cap as? String else { return .failure(.generic("Invalid parameter type for 'enable', expected: string")) }
+            return .failure(.generic("Capability '\(name)' not available"))
         }
-        guard obj["arguments"] == nil || obj["arguments"] is [String: Any] else {
-            return (command, ["error": ["class": "GenericError", "desc": "\"arguments\" must be a JSON object"]])
-        }
-        let args = obj["arguments"] as? [String: Any] ?? [:]
-        switch handler(command, args) {
-        case .ok(let value): return (command, ["return": value])
-        case .error(let cls, let desc): return (command, ["error": ["class": cls, "desc": desc]])
-        }
+        return .success([String: Any]())
+    }
+}
+
+/// One client's socket: replies (its own thread) and events (the broadcaster's) are written
+/// whole under one lock, and never after it is closed.
+final class QMPConnection: @unchecked Sendable {
+    let fd: Int32
+    let id: Int
+    /// Only the client's own thread reads and sets this.
+    var negotiated = false
+    private let lock = NSLock()
+    private var closed = false
+
+    init(fd: Int32, id: Int) {
+        self.fd = fd
+        self.id = id
     }
 
-    /// `obj` as one JSON line (an error line if the handler put something JSON cannot hold in it).
-    static func encode(_ obj: [String: Any]) -> [UInt8] {
-        guard JSONSerialization.isValidJSONObject(obj),
-              let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else {
-            return Array(#"{"error":{"class":"GenericError","desc":"the reply cannot be written as JSON"}}"#.utf8) + [10]
-        }
-        return Array(data) + [10]
+    func write(_ obj: [String: Any]) -> Bool {
+        guard var data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else { return false }
+        data.append(10)
+        return write([UInt8](data))
     }
 
-    private func writeLine(_ c: Int32, _ obj: [String: Any]) -> Bool { send(c, Self.encode(obj)) }
-
-    private func send(_ c: Int32, _ line: [UInt8]) -> Bool {
-        line.withUnsafeBytes { p -> Bool in
+    /// Writes one whole line; on failure (a client that does not read) hangs up on the client.
+    func write(_ line: [UInt8]) -> Bool {
+        lock.withLock {
+            guard !closed else { return false }
             var off = 0
-            while off < p.count {
-                guard let b = p.baseAddress else { return false }
-                let n = Glibc.send(c, b + off, p.count - off, Int32(MSG_NOSIGNAL))
+            while off < line.count {
+                let n = line[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                 if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return false }
+                if n <= 0 {
+                    shutdown(fd, Int32(SHUT_RDWR))
+                    return false
+                }
                 off += n
             }
             return true
         }
     }
-}
 
-/// What a command handler answers.
-public enum ControlReply {
-    case ok([String: Any])
-    /// `class` as in QMP: `GenericError`, `CommandNotFound`, …
-    case error(String, String)
+    func close() {
+        lock.withLock {
+            guard !closed else { return }
+            closed = true
+            Glibc.close(fd)
+        }
+    }
 }
 
 public struct ControlError: Error, CustomStringConvertible {

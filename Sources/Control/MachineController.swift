@@ -3,104 +3,170 @@ import Glibc
 import Machine
 import Migration
 
-/// Answers the control socket of a running machine — or of a `recv` waiting for one: status,
-/// pause and resume, state dumps, and the source side of a migration.
+/// Answers the QMP monitor of a running machine — or of a `recv` waiting for one: status, pause
+/// and resume, state dumps, the source side of a migration, and the events that announce what
+/// changed (STOP, RESUME, SHUTDOWN, MIGRATION).
 public final class MachineController: @unchecked Sendable {
     public let name: String
-    private let lock = NSLock()
+    /// Every negotiated client hears these.
+    public let events = EventBroadcaster()
+    let lock = NSCondition()
     private var vmRef: VM?
-    private var sourceRef: MigrationSource?
-
-    private var source: MigrationSource? {
-        get { lock.lock(); defer { lock.unlock() }; return sourceRef }
-        set { lock.lock(); sourceRef = newValue; lock.unlock() }
-    }
-    private var targetRef: MigrationTarget?
-    private var lastReport: [String: Any]?
-    private let replyDone = NSCondition()
+    var sourceRef: MigrationSource?
+    var targetRef: MigrationTarget?
     /// Migrations run on this thread, confined to what a migration needs.
-    private let migrations = MigrationWorker()
-    private var replyWasWritten = false
+    let migrations = MigrationWorker()
+    /// What `migrate` uses, set by `migrate-set-parameters`.
+    var parameters = MigrationParameters()
+    /// The source migration's bookkeeping (see `MachineController+Migration`).
+    var outgoing = Outgoing()
+    var quitRequested = false
+    /// QMP's status of the incoming migration, as last announced.
+    private var incomingStatus: String?
 
     public init(name: String, vm: VM?) {
         self.name = name
-        self.vmRef = vm
+        self.vm = vm
     }
 
     /// The machine, once it runs here.
     public var vm: VM? {
-        get { lock.lock(); defer { lock.unlock() }; return vmRef }
-        set { lock.lock(); vmRef = newValue; lock.unlock() }
+        get { lock.withLock { vmRef } }
+        set {
+            lock.withLock { vmRef = newValue }
+            if let newValue { watch(newValue) }
+        }
     }
 
-    /// On a target: the receive in progress.
+    /// On a target: the receive in progress. Its machine is watched from the moment it is built,
+    /// its progress announced as MIGRATION events.
     public var target: MigrationTarget? {
-        get { lock.lock(); defer { lock.unlock() }; return targetRef }
-        set { lock.lock(); targetRef = newValue; lock.unlock() }
+        get { lock.withLock { targetRef } }
+        set {
+            lock.withLock { targetRef = newValue }
+            guard let t = newValue else { return }
+            t.onMachine = { [weak self] vm in self?.watch(vm) }
+            t.progress.observePhase { [weak self] phase in self?.incomingPhaseChanged(phase) }
+        }
     }
 
-    /// Serves the control socket at `path` for this controller.
+    private func incomingPhaseChanged(_ phase: MigrationPhase) {
+        guard let status = MigrationInfo.status(of: phase) else { return }
+        let changed = lock.withLock { () -> Bool in
+            defer { incomingStatus = status }
+            return incomingStatus != status
+        }
+        if changed { events.emit("MIGRATION", ["status": status]) }
+    }
+
+    /// Serves the QMP monitor at `path` for this controller.
     public func serve(at path: String) throws -> ControlServer {
-        let server = try ControlServer(path: path) { [self] name, args in
-            do throws(ControlCommandError) { return self.handle(try ControlCommand(name: name, arguments: args)) } catch {
-                return .error(error.errorClass, error.description)
+        try ControlServer(path: path, events: events, handler: { [self] client, name, args in
+            do throws(QMPError) { return self.handle(try ControlCommand(name: name, arguments: args), client: client) } catch {
+                return .failure(error)
             }
-        }
-        server.replyWritten = { [self] (command: String) in if command == "migrate" { self.migrateReplyWritten() } }
-        return server
+        }, closed: { [self] client in self.clientClosed(client) })
     }
 
-    /// Runs one command; `migrate` blocks until the migration ends.
-    public func handle(_ command: ControlCommand) -> ControlReply {
+    /// Lets the last events (SHUTDOWN) reach the clients before the process exits.
+    public func finish() { events.flush(timeout: 2) }
+
+    /// Runs one command for `client`; `migrate` starts the migration and returns.
+    public func handle(_ command: ControlCommand, client: Int = 0) -> Result<Any, QMPError> {
         switch command {
-        case .queryStatus: return .ok(status())
-        case .queryMigrate: return .ok(migrationStatus())
+        case .queryStatus:
+            let (running, status) = runState()
+            return .success(["running": running, "singlestep": false, "status": status])
+        case .queryVersion: return .success(QMP.version)
+        case .queryCommands: return .success(ControlCommand.names.map { ["name": $0] })
         case .stop:
-            guard let vm else { return .error("GenericError", "no guest is running yet") }
+            guard let vm else { return .failure(.generic("no guest is running yet")) }
             vm.pause()
-            return .ok([:])
-        case .cont:
-            // After an in-doubt hand-off `cont` is the operator's verdict: run the guest here.
-            if source?.resumeHere() == true || target?.resumeHere() == true { return .ok([:]) }
-            guard let vm else { return .error("GenericError", "no guest is running yet") }
-            vm.resume()
-            return .ok([:])
-        case .quit:
-            vm?.stop(.signal(SIGTERM))
-            target?.cancel("recv was asked to quit")
-            return .ok([:])
-        case .migrate(let options): return migrate(options)
-        case .migrateCancel:
-            lock.lock()
-            let s = sourceRef, t = targetRef
-            lock.unlock()
-            if let s { s.cancel("migration cancelled by the user"); return .ok([:]) }
-            if let t { t.cancel("migration cancelled on the target by the user"); return .ok([:]) }
-            return .error("GenericError", "no migration is in progress")
+            return .success([String: Any]())
+        case .cont: return cont()
+        case .quit: return quit()
+        case .queryCPUsFast: return .success(cpus())
+        case .migrate(let endpoint): return migrate(to: endpoint, client: client)
+        case .migrateCancel: return cancelMigration()
+        case .queryMigrate: return .success(migrationInfo())
+        case .migrateSetParameters(let change):
+            lock.withLock { parameters.apply(change) }
+            return .success([String: Any]())
+        case .queryMigrateParameters: return .success(lock.withLock { parameters.json })
+        case .machineStatus: return .success(status())
         case .dumpState(let path): return dumpState(path)
+        case .migrateDryRun(let endpoint): return dryRun(to: endpoint)
         }
     }
 
-    private func dumpState(_ path: String) -> ControlReply {
-        guard let vm else { return .error("GenericError", "dump-state needs a running guest") }
-        guard vm.pause() else { return .error("GenericError", "the guest stopped") }
+    private func cont() -> Result<Any, QMPError> {
+        // After an in-doubt hand-off `cont` is the operator's verdict: run the guest here.
+        if source?.resumeHere() == true || target?.resumeHere() == true { return .success([String: Any]()) }
+        guard let vm else { return .failure(.generic("no guest is running yet")) }
+        vm.resume()
+        return .success([String: Any]())
+    }
+
+    private func quit() -> Result<Any, QMPError> {
+        lock.withLock {
+            quitRequested = true
+            lock.broadcast()
+        }
+        if let vm {
+            vm.stop(.signal(SIGTERM))
+        } else {
+            events.emit("SHUTDOWN", ["guest": false, "reason": "host-qmp-quit"])
+        }
+        target?.cancel("recv was asked to quit")
+        return .success([String: Any]())
+    }
+
+    var source: MigrationSource? { lock.withLock { sourceRef } }
+
+    /// QMP's run state (`query-status`): whether the guest runs, and QEMU's name for the state.
+    func runState() -> (Bool, String) {
+        let (vm, s, t) = lock.withLock { (vmRef, sourceRef, targetRef) }
+        guard let vm else { return (false, "inmigrate") }
+        switch vm.stopReason {
+        case .migrated?: return (false, "postmigrate")
+        case .internalError?, .tripleFault?: return (false, "internal-error")
+        case .some: return (false, "shutdown")
+        case nil: break
+        }
+        guard vm.isPaused else { return (true, "running") }
+        if let p = s?.progress.snapshot.phase, p == .stopAndCopy || p == .handoff { return (false, "finish-migrate") }
+        if let p = t?.progress.snapshot.phase, p == .receiving || p == .handoff { return (false, "inmigrate") }
+        return (false, "paused")
+    }
+
+    /// `query-cpus-fast`: one entry per vCPU with the host thread that runs it.
+    private func cpus() -> [[String: Any]] {
+        guard let vm else { return [] }
+        let tids = vm.vcpuThreadIDs
+        return vm.cpus.indices.map { i in
+            ["cpu-index": i, "qom-path": "/machine/unattached/device[\(i)]", "thread-id": i < tids.count ? Int(tids[i]) : 0,
+             "target": "x86_64", "props": ["socket-id": 0, "core-id": i, "thread-id": 0]]
+        }
+    }
+
+    private func dumpState(_ path: String) -> Result<Any, QMPError> {
+        guard let vm else { return .failure(.generic("x-swiftvmm-dump-state needs a running guest")) }
+        guard vm.pause() else { return .failure(.generic("the guest stopped")) }
         vm.devices.quiesce()
         defer { vm.devices.unquiesce(); vm.resume() }
         do {
             let blob = try FDTCodec.encode(try vm.saveMachineState())
             guard FileManager.default.createFile(atPath: path, contents: Data(blob)) else {
-                return .error("GenericError", "cannot write \(path)")
+                return .failure(.generic("cannot write \(path)"))
             }
-            return .ok(["bytes": blob.count])
-        } catch { return .error("GenericError", "\(error)") }
+            return .success(["bytes": blob.count])
+        } catch { return .failure(.generic("\(error)")) }
     }
 
-    /// `query-status`: the machine's state and, during a migration, its progress.
+    /// `x-swiftvmm-query-status`: the machine's state and, during a migration, its progress.
     public func status() -> [String: Any] {
         var d: [String: Any] = ["name": name]
-        lock.lock()
-        let vm = vmRef, s = sourceRef, t = targetRef
-        lock.unlock()
+        let (vm, s, t) = lock.withLock { (vmRef, sourceRef, targetRef) }
         if let vm {
             d["status"] = vm.stopReason != nil ? "stopped" : (vm.isPaused ? "paused" : "running")
             d["memory_bytes"] = vm.memory.totalSize
@@ -117,54 +183,29 @@ public final class MachineController: @unchecked Sendable {
         return d
     }
 
-    func migrationStatus() -> [String: Any] {
-        lock.lock()
-        let s = sourceRef, t = targetRef, report = lastReport
-        lock.unlock()
-        var d = (s?.progress ?? t?.progress)?.snapshot.json ?? ["phase": "idle"]
-        if let report { d["report"] = report }
-        return d
-    }
-
-    /// Runs a migration to completion on the calling (control client) thread.
-    private func migrate(_ options: SendOptions) -> ControlReply {
-        guard let vm else { return .error("GenericError", "no guest is running") }
-        let s = MigrationSource(vm: vm, options: options)
-        lock.lock()
-        if let existing = sourceRef, [.setup, .precopy, .stopAndCopy, .handoff, .inDoubt].contains(existing.progress.snapshot.phase) {
-            lock.unlock()
-            return .error("GenericError", existing.progress.snapshot.phase == .inDoubt
-                          ? "the last migration's outcome is in doubt: resume the guest here (cont) or stop it (quit) first"
-                          : "a migration is already in progress")
-        }
-        sourceRef = s
-        lastReport = nil
-        lock.unlock()
-        // Only this migration's reply may let the process exit once the guest has moved.
-        replyDone.lock(); replyWasWritten = false; replyDone.unlock()
-        do {
-            let report = try migrations.run { try s.run() }
-            lock.lock(); lastReport = report.json; lock.unlock()
-            return .ok(report.json)
-        } catch {
-            if case .inDoubt(let why)? = error as? MigrationError {
-                FileHandle.standardError.write(Data("swiftvmm: migration outcome unknown: \(why)\n".utf8))
+    /// Announces the machine's pauses, resumes and stop as STOP, RESUME and SHUTDOWN.
+    private func watch(_ vm: VM) {
+        vm.observeRunState { [weak self] change in
+            guard let self else { return }
+            switch change {
+            case .paused: self.events.emit("STOP")
+            case .resumed: self.events.emit("RESUME")
+            case .stopped(let reason):
+                let quit = self.lock.withLock { self.quitRequested }
+                if let data = Self.shutdownData(reason, quit: quit) { self.events.emit("SHUTDOWN", data) }
             }
-            return .error("MigrationFailed", "\(error)")
         }
     }
 
-    private func migrateReplyWritten() {
-        replyDone.lock(); replyWasWritten = true; replyDone.broadcast(); replyDone.unlock()
-    }
-
-    /// Waits (at most `timeout` s) until the reply to the migration that moved the guest away
-    /// reached its client, so that the process does not exit before `send` learns the result.
-    public func waitForMigrateReply(timeout: Double) {
-        let deadline = Date().addingTimeInterval(timeout)
-        replyDone.lock()
-        while !replyWasWritten && Date() < deadline { _ = replyDone.wait(until: deadline) }
-        replyDone.unlock()
+    /// SHUTDOWN's data (QEMU's `ShutdownCause`); none for a guest that migrated away.
+    static func shutdownData(_ reason: StopReason, quit: Bool) -> [String: Any]? {
+        switch reason {
+        case .guest(.reset), .tripleFault: return ["guest": true, "reason": "guest-reset"]
+        case .guest: return ["guest": true, "reason": "guest-shutdown"]
+        case .signal: return ["guest": false, "reason": quit ? "host-qmp-quit" : "host-signal"]
+        case .internalError: return ["guest": false, "reason": "host-error"]
+        case .migrated: return nil
+        }
     }
 }
 

@@ -17,18 +17,23 @@ final class MigrationWorker: @unchecked Sendable {
         t.start()
     }
 
-    /// Runs `body` on the worker and waits for its result. One migration at a time.
+    /// Runs `body` on the worker when it is free; returns at once. One migration at a time.
+    func submit(_ body: @escaping @Sendable () -> Void) {
+        condition.lock()
+        while job != nil { condition.wait() }
+        job = body
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Runs `body` on the worker and waits for its result.
     func run<T>(_ body: @escaping @Sendable () throws -> T) throws -> T {
         let done = NSCondition()
         nonisolated(unsafe) var result: Result<T, Error>?
-        condition.lock()
-        while job != nil { condition.wait() }
-        job = {
+        submit {
             let r = Result { try body() }
-            done.lock(); result = r; done.broadcast(); done.unlock()
+            done.withLock { result = r; done.broadcast() }
         }
-        condition.broadcast()
-        condition.unlock()
         done.lock()
         while result == nil { done.wait() }
         let r = result

@@ -149,6 +149,10 @@ public final class VM: @unchecked Sendable {
     public func pause() -> Bool { runner.pause() }
     public func resume() { runner.resume() }
     public var isPaused: Bool { runner.isPaused }
+    /// Calls `observer` whenever the guest pauses, resumes or stops (see `VCPURunner.observe`).
+    public func observeRunState(_ observer: @escaping @Sendable (VCPURunner.RunStateChange) -> Void) { runner.observe(observer) }
+    /// The kernel thread id of each vCPU's thread (0 when it is not running).
+    public var vcpuThreadIDs: [Int32] { runner.threadIDs }
     /// Makes each vCPU sleep `percent` % of the time (migration's auto-converge).
     public func setThrottle(percent: Int) { runner.setThrottle(percent: percent) }
     public var throttlePercent: Int { runner.throttlePercent }

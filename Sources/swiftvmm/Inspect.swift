@@ -6,7 +6,7 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Decode a saved machine-state blob (FDT) or a captured migration stream.")
 
-    @Argument(help: "A machine-state FDT (from the API's dump-state) or the bytes of a migration stream.")
+    @Argument(help: "A machine-state FDT (from the monitor's x-swiftvmm-dump-state) or the bytes of a migration stream.")
     var file: String
 
     func run() throws {

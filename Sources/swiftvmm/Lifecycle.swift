@@ -11,9 +11,10 @@ func runUntilStopped(_ vm: VM, controller: MachineController? = nil, alreadyStar
     Signals.shared.onTerminate { sig in vm.stop(.signal(sig)) }
     if !alreadyStarted { vm.start() }
     let reason = vm.waitForStop()
+    defer { controller?.finish() }
     if reason == .migrated, let controller {
-        // Let the `migrate` reply reach `send` before this process goes away.
-        controller.waitForMigrateReply(timeout: 5)
+        // Let `send` (or any client that started the migration) learn the outcome first.
+        controller.waitForMigrationClient(timeout: 10)
     }
     return exitCode(for: reason)
 }

@@ -26,7 +26,7 @@ struct ConsoleOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Serial console: stdio, or file:PATH (created or truncated).", valueName: "stdio|file:PATH"))
     var serial: String = "stdio"
 
-    @Option(help: ArgumentHelp("Control socket (JSON lines, QMP-like) used by send, status and cancel; default /run/swiftvmm/NAME.sock when --name is given.",
+    @Option(help: ArgumentHelp("QMP monitor socket (what send, status, cancel, stop, cont and quit use); default /run/swiftvmm/NAME.sock when --name is given.",
                                valueName: "PATH"))
     var apiSocket: String?
 

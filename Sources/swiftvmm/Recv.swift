@@ -67,6 +67,7 @@ struct Recv: ParsableCommand {
         do { try target.listen() } catch { throw fail("\(error)") }
         let controller = MachineController(name: name ?? "recv", vm: nil)
         controller.target = target
+        defer { controller.finish() }
         let server = try console.apiSocket.map { try startControlServer(path: $0, controller: controller) }
         defer { server?.stop() }
         // Ctrl-C while waiting or receiving cancels; the source resumes its guest.

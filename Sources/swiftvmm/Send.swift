@@ -55,108 +55,98 @@ struct Send: ParsableCommand {
     var holdBeforeCommitMs: Int?
 
     func run() throws {
-        let args = try arguments()
+        let parameters = try self.parameters()
         let path = apiSocketPath(for: vm)
         let client: ControlClient
-        let poller: ControlClient
-        do {
-            client = try ControlClient(path: path)
-            poller = try ControlClient(path: path)
-        } catch { throw fail("\(error)") }
+        do { client = try ControlClient(path: path) } catch { throw fail("\(error)") }
 
         // Ctrl-C cancels; the guest keeps running on the source.
         let sig = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
         signal(SIGINT, SIG_IGN)
         sig.setEventHandler {
-            if let c = try? ControlClient(path: path) { _ = try? c.execute("migrate-cancel") }
+            if let c = try? ControlClient(path: path) { _ = try? c.execute("migrate_cancel") }
         }
         sig.resume()
         defer { sig.cancel() }
 
-        switch follow(migrate: client, args, poller: poller) {
-        case .success(let r) where dryRun:
-            let reasons = r["reasons"] as? [String] ?? []
-            if r["eligible"] as? Bool == true && reasons.isEmpty { print("eligible"); return }
-            print("not eligible:")
-            for reason in reasons { print("  - \(reason)") }
-            throw ExitCode(Status.usageOrHostError)
-        case .success(let r):
-            if let file = report {
-                let data = (try? JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys])) ?? Data()
-                guard FileManager.default.createFile(atPath: file, contents: data) else { throw fail("cannot write --report \(file)") }
-            }
-            print(Progress.summary(r))
-        case .failure(let e):
-            throw fail("migration failed: \(e)")
+        let info: [String: Any]
+        do {
+            _ = try client.execute("migrate-set-parameters", parameters)
+            if dryRun { return try printVerdict(client.execute("x-swiftvmm-migrate-dry-run", ["uri": to])) }
+            _ = try client.execute("migrate", ["uri": to])
+            info = try follow(client)
+        } catch let e as ExitCode { throw e } catch { throw fail("migration failed: \(error)") }
+        guard info["status"] as? String == "completed", let r = info["x-swiftvmm-report"] as? [String: Any] else {
+            throw fail("migration failed: \(info["error-desc"] as? String ?? "status \(info["status"] as? String ?? "unknown")")")
         }
+        if let file = report {
+            let data = (try? JSONSerialization.data(withJSONObject: r, options: [.prettyPrinted, .sortedKeys])) ?? Data()
+            guard FileManager.default.createFile(atPath: file, contents: data) else { throw fail("cannot write --report \(file)") }
+        }
+        print(Progress.summary(r))
     }
 
-    /// The options as the API's `migrate` arguments, checked.
-    func arguments() throws -> [String: Any] {
+    /// The options as the monitor's `migrate-set-parameters` arguments, checked — every
+    /// parameter, so that nothing an earlier migration set carries over.
+    func parameters() throws -> [String: Any] {
         let endpoint: Endpoint
         do { endpoint = try Endpoint.parse(to) } catch { throw fail("--to \(error)") }
         if keyFile == nil && !endpoint.isLocal { warnUnauthenticated(endpoint) }
         guard ["lz4", "none"].contains(compress) else { throw fail("--compress must be lz4 or none") }
         guard ["on", "off"].contains(autoConverge) else { throw fail("--auto-converge must be on or off") }
         guard downtimeMs > 0 else { throw fail("--downtime-ms must be positive") }
-        var args: [String: Any] = ["uri": to, "downtime-ms": downtimeMs, "compress": compress,
-                                   "auto-converge": autoConverge == "on"]
+        var args: [String: Any] = ["downtime-limit": downtimeMs, "max-bandwidth": 0,
+                                   "x-swiftvmm-compress": compress, "x-swiftvmm-auto-converge": autoConverge == "on",
+                                   "x-swiftvmm-max-time": 0, "x-swiftvmm-key": "",
+                                   "x-swiftvmm-stream-version": streamVersion ?? Int(Wire.streamVersion),
+                                   "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs ?? 0]
         if let b = maxBandwidth {
             guard let rate = ByteSize.parse(b), rate > 0 else { throw fail("--max-bandwidth '\(b)' is not a rate like 100M") }
-            args["max-bandwidth"] = Double(rate)
+            args["max-bandwidth"] = rate
         }
         if let t = maxTime {
             guard t > 0 else { throw fail("--max-time must be positive") }
-            args["max-time"] = t
+            args["x-swiftvmm-max-time"] = t
         }
         if let k = keyFile {
-            do { args["key"] = try Auth.loadKey(k).hexString } catch { throw fail("\(error)") }
+            do { args["x-swiftvmm-key"] = try Auth.loadKey(k).hexString } catch { throw fail("\(error)") }
         }
         guard timeout >= 0 else { throw fail("--timeout must be 0 (never) or more") }
-        args["timeout"] = timeout
-        if dryRun { args["dry-run"] = true }
-        if let v = streamVersion { args["stream-version"] = v }
-        if let v = holdBeforeCommitMs { args["hold-before-commit-ms"] = v }
+        args["x-swiftvmm-timeout"] = timeout
         return args
     }
 
-    /// Runs `migrate` on `client` in the background and, on a terminal, redraws a progress line
-    /// from `poller` until it ends.
-    func follow(migrate client: ControlClient, _ args: [String: Any], poller: ControlClient) -> Result<[String: Any], Error> {
-        let done = NSCondition()
-        nonisolated(unsafe) var result: Result<[String: Any], Error>?
-        let request = Unchecked(args)
-        let worker = Thread {
-            let r: Result<[String: Any], Error>
-            do { r = .success(try client.execute("migrate", request.value)) } catch { r = .failure(error) }
-            done.lock(); result = r; done.broadcast(); done.unlock()
-        }
-        worker.start()
+    /// Prints a dry run's verdict: `eligible`, or every reason not (then exit 2).
+    func printVerdict(_ r: [String: Any]) throws {
+        let reasons = r["reasons"] as? [String] ?? []
+        if r["eligible"] as? Bool == true && reasons.isEmpty { print("eligible"); return }
+        print("not eligible:")
+        for reason in reasons { print("  - \(reason)") }
+        throw ExitCode(Status.usageOrHostError)
+    }
+
+    /// Follows the migration through its MIGRATION events until it ends and returns the final
+    /// `query-migrate`; on a terminal, redraws a progress line meanwhile.
+    func follow(_ client: ControlClient) throws -> [String: Any] {
         let tty = isatty(2) != 0
         var lastLine = ""
-        done.lock()
-        while result == nil {
-            _ = done.wait(until: Date().addingTimeInterval(0.2))
-            if result != nil { break }
-            done.unlock()
-            if tty, let p = try? poller.execute("query-migrate") {
+        defer { if tty && !lastLine.isEmpty { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) } }
+        while true {
+            if let e = try client.nextEvent(timeout: 0.2) {
+                guard e["event"] as? String == "MIGRATION",
+                      let status = (e["data"] as? [String: Any])?["status"] as? String,
+                      ["completed", "failed", "cancelled"].contains(status) else { continue }
+                return try client.execute("query-migrate")
+            }
+            guard tty else { continue }
+            let info = try client.execute("query-migrate")
+            if let p = info["x-swiftvmm-progress"] as? [String: Any] {
                 let line = Progress.line(p)
                 if line != lastLine {
                     FileHandle.standardError.write(Data("\r\u{1b}[K\(line)".utf8))
                     lastLine = line
                 }
             }
-            done.lock()
         }
-        let final = result ?? .failure(ControlError("the migration ended without a result"))
-        done.unlock()
-        if tty && !lastLine.isEmpty { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) }
-        return final
     }
-}
-
-/// Moves a value the compiler cannot prove Sendable to exactly one other thread.
-struct Unchecked<T>: @unchecked Sendable {
-    let value: T
-    init(_ v: T) { value = v }
 }

@@ -15,7 +15,7 @@ struct StatusCommand: ParsableCommand {
 
     func run() throws {
         let s: [String: Any]
-        do { s = try ControlClient(path: apiSocketPath(for: vm)).execute("query-status") } catch { throw fail("\(error)") }
+        do { s = try ControlClient(path: apiSocketPath(for: vm)).execute("x-swiftvmm-query-status") } catch { throw fail("\(error)") }
         if json {
             let d = (try? JSONSerialization.data(withJSONObject: s, options: [.sortedKeys, .prettyPrinted])) ?? Data()
             print(String(decoding: d, as: UTF8.self))
@@ -42,7 +42,7 @@ struct Cancel: ParsableCommand {
     var vm: String
 
     func run() throws {
-        do { _ = try ControlClient(path: apiSocketPath(for: vm)).execute("migrate-cancel") } catch { throw fail("\(error)") }
+        do { _ = try ControlClient(path: apiSocketPath(for: vm)).execute("migrate_cancel") } catch { throw fail("\(error)") }
         print("cancel requested")
     }
 }

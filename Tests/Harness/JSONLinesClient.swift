@@ -1,8 +1,8 @@
 import Foundation
 import Glibc
 
-/// A client for a JSON-lines control socket in QMP's shape — swiftvmm's API socket, or QEMU's
-/// QMP socket (which greets first and wants `qmp_capabilities`): `{"execute": …}` out,
+/// A QMP client — of swiftvmm's API socket or QEMU's QMP socket (both greet first and want
+/// `qmp_capabilities`, see `qmp(path:)`): `{"execute": …}` out,
 /// `{"return": …}` or `{"error": {"class", "desc"}}` back, `{"event": …}` lines in between.
 public final class JSONLinesClient: @unchecked Sendable {
     private let fd: Int32
@@ -39,7 +39,7 @@ public final class JSONLinesClient: @unchecked Sendable {
 
     deinit { close(fd) }
 
-    /// Connects to QEMU's QMP socket and leaves capabilities negotiation.
+    /// Connects to a QMP socket (QEMU's or swiftvmm's) and leaves capabilities negotiation.
     public static func qmp(path: String, child: Child? = nil, timeout: Double = 10) throws -> JSONLinesClient {
         let c = try JSONLinesClient(path: path, timeout: timeout, greeting: true, child: child)
         _ = try c.execute("qmp_capabilities")
@@ -75,6 +75,22 @@ public final class JSONLinesClient: @unchecked Sendable {
             let r = try readLine(deadline: deadline)
             if r.value["event"] != nil { events.append(r.value); continue }
             return (r.value, r.line)
+        }
+    }
+
+    /// Waits (at most `timeout` s) for an event named `name` that `match` accepts — one already
+    /// received counts — and returns it, dropping it and the events before it from `events`.
+    @discardableResult
+    public func waitForEvent(_ name: String, timeout: Double = 30, where match: (JSON) -> Bool = { _ in true }) throws -> JSON {
+        let deadline = Monotonic.now() + timeout
+        while true {
+            if let i = events.firstIndex(where: { $0["event"]?.string == name && match($0) }) {
+                let e = events[i]
+                events.removeSubrange(...i)
+                return e
+            }
+            let r = try readLine(deadline: deadline)
+            if r.value["event"] != nil { events.append(r.value) }
         }
     }
 

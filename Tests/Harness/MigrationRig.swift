@@ -109,10 +109,10 @@ public final class MigrationRig: @unchecked Sendable {
     }
 }
 
-/// Sends one JSON-lines command to an API socket and returns the raw reply line ("" when the
-/// socket cannot be reached).
+/// Sends one QMP command to an API socket (after negotiating capabilities) and returns the raw
+/// reply line ("" when the socket cannot be reached).
 public func control(_ api: String, _ command: String) -> String {
-    guard let c = try? JSONLinesClient(path: api, timeout: 10),
+    guard let c = try? JSONLinesClient.qmp(path: api, timeout: 10),
           let reply = try? c.request(.object(["execute": .string(command)])) else { return "" }
     return reply.line
 }

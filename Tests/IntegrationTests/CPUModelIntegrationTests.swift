@@ -54,7 +54,7 @@ struct CPUModelIntegrationTests {
         let s = try rig.send(api, to: listen)
         #expect(s.status == 0, "\(s.stderr)\n\(dst.transcript)")
         #expect(dst.waitFor("HEARTBEAT", timeout: 60), "\(dst.transcript)")
-        let st = control(dstAPI, "query-status")
+        let st = control(dstAPI, "x-swiftvmm-query-status")
         #expect(st.contains("generic"), "\(st)")
         #expect(dst.waitFor("PASS passes=20000", timeout: 120), "\(dst.transcript)")
     }

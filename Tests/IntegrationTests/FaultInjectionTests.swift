@@ -106,7 +106,7 @@ struct FaultInjectionTests {
             // Wait until the migration on this side has ended one way or the other.
             let deadline = Date().addingTimeInterval(30)
             while Date() < deadline {
-                guard child.isRunning, let status = try? JSONLinesClient(path: api, timeout: 2).execute("query-status", timeout: 2) else {
+                guard child.isRunning, let status = try? JSONLinesClient.qmp(path: api, timeout: 2).execute("x-swiftvmm-query-status", timeout: 2) else {
                     _ = child.wait(timeout: 10)
                     return child.stdout.contains("PASS passes=") ? "passed" : "stopped"
                 }

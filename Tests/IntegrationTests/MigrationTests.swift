@@ -99,16 +99,14 @@ struct MigrationTests {
 /// `swiftvmm inspect` reads what the machine-state path writes.
 @Suite("inspect", .serialized)
 struct InspectTests {
-    @Test("dump-state writes an FDT of the paused machine that inspect decodes (vCPUs, irqchip, devices)")
+    @Test("x-swiftvmm-dump-state writes an FDT of the paused machine that inspect decodes (vCPUs, irqchip, devices)")
     func inspectDecodesDumpedState() throws {
         let rig = try MigrationRig()
         let (c, api) = try rig.source("memtouch.elf", cmdline: "size=8M heartbeat-ms=200", memory: "64M")
         #expect(c.waitFor("HEARTBEAT", timeout: 30))
         let file = rig.path("state.fdt")
-        let reply = sh("""
-        python3 -c 'import socket,sys,json; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall((json.dumps({"execute":"dump-state","arguments":{"path":sys.argv[2]}})+"\\n").encode()); print(s.makefile().readline())' '\(api)' '\(file)'
-        """).output
-        #expect(reply.contains("return"), "\(reply)")
+        let written = try JSONLinesClient.qmp(path: api).execute("x-swiftvmm-dump-state", ["path": .string(file)])
+        #expect((written["bytes"]?.int ?? 0) > 0, "\(written)")
         let r = try runSwiftVMM(["inspect", file], timeout: 30)
         #expect(r.status == 0, "\(r.stderr)")
         for node in ["vcpu@0", "irqchip", "pit", "clock", "serial@3f8", "regs", "msr-indices"] {

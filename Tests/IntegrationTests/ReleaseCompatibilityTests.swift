@@ -103,8 +103,8 @@ struct ReleaseCompatibilityTests {
         let (src, api) = try rig.source(image, cmdline: cmdline, memory: "32M", extra: sourceExtra)
         #expect(src.waitFor(ready, timeout: 60), "\(src.transcript)")
         let state = rig.path("state.fdt")
-        let client = try JSONLinesClient(path: api)
-        _ = try client.execute("dump-state", ["path": .string(state)])
+        let client = try JSONLinesClient.qmp(path: api)
+        _ = try client.execute("x-swiftvmm-dump-state", ["path": .string(state)])
         try FileManager.default.copyItem(atPath: state, toPath: Self.current.appendingPathComponent("\(name).state").path)
         let listen = rig.path("m.sock")
         let (dst, _) = try rig.target(listen: "unix:\(listen)", extra: targetExtra)
@@ -143,9 +143,9 @@ struct ReleaseCompatibilityTests {
                                              "--memory", "32M", "--net", "tap=\(net.tap)", "--cmdline", "ip=\(TestNetwork.guestIP) quiet",
                                              "--api-socket", api] + Self.portable, name: "source")
         #expect(src.waitFor("NET UP", timeout: 60))
-        let client = try JSONLinesClient(path: api)
+        let client = try JSONLinesClient.qmp(path: api)
         let state = rig.path("state.fdt")
-        _ = try client.execute("dump-state", ["path": .string(state)])
+        _ = try client.execute("x-swiftvmm-dump-state", ["path": .string(state)])
         try FileManager.default.copyItem(atPath: state, toPath: Self.current.appendingPathComponent("netecho.state").path)
         let listen = rig.path("m.sock")
         let dst = try Child(TestNetwork.ip, ["netns", "exec", net.namespace, Paths.swiftvmm, "recv", "--listen", "unix:\(listen)",

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 // MARK: TAP
 
@@ -50,6 +52,9 @@ static inline int clinux_eventfd(void) {
 int clinux_install_interrupting_signal(int signo);
 
 static inline int clinux_pthread_kill(pthread_t thread, int signo) { return -pthread_kill(thread, signo); }
+
+/* The calling thread's kernel id (what QMP's query-cpus-fast reports as thread-id). */
+static inline int clinux_gettid(void) { return (int)syscall(SYS_gettid); }
 
 /// Unblocks `signo` for the calling thread. 0 or -errno.
 int clinux_unblock_signal(int signo);

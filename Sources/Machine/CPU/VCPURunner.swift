@@ -22,6 +22,10 @@ public enum StopReason: Sendable, Equatable {
 public final class VCPURunner: @unchecked Sendable, StopRequester {
     /// The signal used to kick vCPU threads out of KVM_RUN.
     static let kickSignal = SIGUSR2
+    /// A change of whether the guest runs: what a monitor announces as STOP, RESUME, SHUTDOWN.
+    public enum RunStateChange: Sendable {
+        case paused, resumed, stopped(StopReason)
+    }
 
     let vcpus: [VCPU]
     private let pio: Bus
@@ -37,6 +41,9 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         var threads: [pthread_t?] = []
         /// Fraction (0…99 %) of each slice a vCPU sleeps.
         var throttlePercent = 0
+        /// Each vCPU thread's kernel id (0 until it started).
+        var threadIDs: [Int32] = []
+        var observer: (@Sendable (RunStateChange) -> Void)?
     }
     private let lock = NSCondition()
     private var control = Control()
@@ -47,7 +54,17 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         self.mmio = mmio
         self.memory = memory
         control.threads = Array(repeating: nil, count: vcpus.count)
+        control.threadIDs = Array(repeating: 0, count: vcpus.count)
     }
+
+    /// Calls `observer` (on the thread that made the change, outside any lock) whenever the
+    /// guest pauses, resumes or stops. One observer; a new one replaces the last.
+    public func observe(_ observer: @escaping @Sendable (RunStateChange) -> Void) {
+        lock.locked { control.observer = observer }
+    }
+
+    /// The kernel thread id of each vCPU thread (0 before it started or after it left).
+    public var threadIDs: [Int32] { lock.locked { control.threadIDs } }
 
     // MARK: start and stop
 
@@ -80,11 +97,14 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
 
     /// Stops the machine for `reason` (the first reason wins).
     public func stop(_ reason: StopReason) {
-        lock.locked {
-            if control.stop == nil { control.stop = reason }
-            lock.broadcast()
+        let observer = lock.locked { () -> (@Sendable (RunStateChange) -> Void)? in
+            defer { lock.broadcast() }
+            guard control.stop == nil else { return nil }
+            control.stop = reason
+            return control.observer
         }
         kickAll()
+        observer?(.stopped(reason))
     }
 
     public func requestStop(_ request: GuestStopRequest) { stop(.guest(request)) }
@@ -95,23 +115,26 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
     /// parked. Returns false if the machine stopped instead.
     @discardableResult
     public func pause() -> Bool {
-        lock.locked {
-            control.pauseRequested = true
-            lock.broadcast()
+        let changed = lock.locked { () -> Bool in
+            defer { control.pauseRequested = true; lock.broadcast() }
+            return !control.pauseRequested && control.stop == nil
         }
         kickAll()
-        return lock.locked {
+        let (paused, observer) = lock.locked {
             while control.parked < control.running && control.stop == nil { lock.wait() }
-            return control.stop == nil
+            return (control.stop == nil, control.observer)
         }
+        if changed && paused { observer?(.paused) }
+        return paused
     }
 
     /// Lets paused vCPUs run again.
     public func resume() {
-        lock.locked {
-            control.pauseRequested = false
-            lock.broadcast()
+        let observer = lock.locked { () -> (@Sendable (RunStateChange) -> Void)? in
+            defer { control.pauseRequested = false; lock.broadcast() }
+            return control.pauseRequested && control.stop == nil ? control.observer : nil
         }
+        observer?(.resumed)
     }
 
     public var isPaused: Bool {
@@ -181,11 +204,15 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
 
     private func threadMain(_ v: VCPU) {
         Confinement.confineThread(.vcpu, name: "vcpu\(v.id)")
-        lock.locked { control.threads[Int(v.id)] = pthread_self() }
+        lock.locked {
+            control.threads[Int(v.id)] = pthread_self()
+            control.threadIDs[Int(v.id)] = clinux_gettid()
+        }
         _ = clinux_unblock_signal(Self.kickSignal)
         defer {
             lock.locked {
                 control.threads[Int(v.id)] = nil
+                control.threadIDs[Int(v.id)] = 0
                 control.running -= 1
                 lock.broadcast()
             }

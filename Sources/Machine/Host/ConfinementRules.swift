@@ -30,7 +30,7 @@ enum ConfinementRules {
     /// A virtio worker: its eventfds and extra descriptors, its image file or TAP.
     static let device = common + ["ioctl", "poll", "ppoll", "readv", "pread64", "pwrite64", "fdatasync", "fsync", "lseek"]
 
-    /// A control-socket client: its socket, the files `dump-state` writes, and a thread per migration.
+    /// A QMP client thread and the event thread: its socket, the files `x-swiftvmm-dump-state` writes, and a thread per migration.
     static let control = common + ["poll", "sendto", "sendmsg", "recvfrom", "setsockopt", "shutdown", "openat", "newfstatat",
                                    "fstat", "statx", "fcntl", "ioctl", "unlink", "rename", "renameat", "renameat2", "getsockopt",
                                    "fsync", "fdatasync", "seccomp"]

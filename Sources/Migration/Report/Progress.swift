@@ -80,9 +80,22 @@ public struct MigrationProgress: Sendable {
 /// A `MigrationProgress` behind a lock.
 public final class ProgressBox: Sendable {
     private let value = Mutex(MigrationProgress())
+    private let observer = Mutex<(@Sendable (MigrationPhase) -> Void)?>(nil)
     public init() {}
-    public func update(_ body: (inout MigrationProgress) -> Void) { value.withLock { body(&$0) } }
+
+    public func update(_ body: (inout MigrationProgress) -> Void) {
+        let (before, after) = value.withLock { p -> (MigrationPhase, MigrationPhase) in
+            let before = p.phase
+            body(&p)
+            return (before, p.phase)
+        }
+        if before != after, let f = observer.withLock({ $0 }) { f(after) }
+    }
+
     public var snapshot: MigrationProgress { value.withLock { $0 } }
+
+    /// Calls `f` with the new phase after every update that changed it (on the updating thread).
+    public func observePhase(_ f: @escaping @Sendable (MigrationPhase) -> Void) { observer.withLock { $0 = f } }
 }
 
 /// The `--report` of a finished migration.

@@ -46,6 +46,14 @@ public final class MigrationTarget: @unchecked Sendable {
         self.options = options
     }
 
+    /// Called with the machine as soon as it is built (paused, before a page arrives): a
+    /// monitor's chance to watch it from the start.
+    public var onMachine: (@Sendable (VM) -> Void)? {
+        get { listenerLock.withLock { machineObserver } }
+        set { listenerLock.withLock { machineObserver = newValue } }
+    }
+    private var machineObserver: (@Sendable (VM) -> Void)?
+
     deinit { closeListener() }
 
     /// Wall-clock nanoseconds when the guest resumed here.

@@ -85,6 +85,7 @@ final class TargetPreCheck: MigrationStep {
         let vm = try s.options.machine.build(desc)
         s.vm = vm
         s.description = desc
+        s.target.onMachine?(vm)
         // Guest RAM goes to KVM on another thread while the first pages arrive; joined before
         // the first round is acknowledged.
         s.slots = SlotRegistration(vm: vm)
