@@ -34,6 +34,9 @@ struct Run: ParsableCommand {
                                valueName: "host|generic|x86-64-v1…v4|FILE"))
     var cpuModel: String = "host"
 
+    @Flag(help: "Write no ACPI tables (the guest then finds its CPUs and IOAPIC through the MP table only, and virtio devices only on its command line).")
+    var noACPI = false
+
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var console: ConsoleOptions
     @OptionGroup var hostCPU: HostCPUOptions
@@ -52,14 +55,16 @@ struct Run: ParsableCommand {
         do { map = try MemoryMap(memorySize: config.memorySize) } catch { throw fail("--memory \(memory): \(error)") }
         // Check the kernel fits before any device or VM exists.
         do {
-            _ = try KernelLoader.plan(BootConfig(kernel: kernelBytes, initrd: initrdBytes, cmdline: cmdline, memoryMap: map, cpus: cpus))
+            _ = try KernelLoader.plan(BootConfig(kernel: kernelBytes, initrd: initrdBytes, cmdline: cmdline, memoryMap: map, cpus: cpus,
+                                                 acpi: !noACPI, virtioDevices: config.disks.count + config.nics.count))
         } catch { throw fail("\(kernel): \(error)") }
         let vm: VM
         do { vm = try VM(config: config) } catch { throw fail("\(error)") }
         let fullCmdline = ([cmdline] + vm.devices.commandLineTokens).filter { !$0.isEmpty }.joined(separator: " ")
         do {
             try vm.load(try KernelLoader.plan(BootConfig(kernel: kernelBytes, initrd: initrdBytes, cmdline: fullCmdline,
-                                                         memoryMap: map, cpus: cpus)))
+                                                         memoryMap: map, cpus: cpus, acpi: !noACPI,
+                                                         virtioDevices: vm.devices.virtio.count)))
         } catch {
             vm.tearDown(.internalError("boot failed"))
             throw fail("\(kernel): \(error)")

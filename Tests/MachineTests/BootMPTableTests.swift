@@ -19,13 +19,13 @@ struct BootMPTableTests {
 
     /// Checks the floating pointer and table checksums and walks every entry.
     func parse(_ plan: BootPlan) throws -> Parsed {
-        let fp = try #require(plan.read(0x9fc00, 16))
+        let fp = try #require(plan.read(0xf0000, 16))
         #expect(Array(fp[0 ..< 4]) == Array("_MP_".utf8))
         #expect(fp[8] == 1 && fp[9] == 4)
         #expect(fp.reduce(UInt8(0), &+) == 0, "floating pointer checksum")
         #expect(fp[11] == 0, "feature byte 1: a configuration table is present")
         let tableAddress = UInt64(fp.getLE(UInt32.self, at: 4))
-        #expect(tableAddress == 0x9fc10)
+        #expect(tableAddress == 0xf0010)
         let header = try #require(plan.read(tableAddress, 44))
         #expect(Array(header[0 ..< 4]) == Array("PCMP".utf8))
         #expect(header[6] == 4)
@@ -93,7 +93,7 @@ struct BootMPTableTests {
         #expect(p.localInterrupts.count == 2)
         #expect(p.localInterrupts.first.map { $0.type == 3 && $0.apic == 0 && $0.lint == 0 } == true)   // ExtINT → LINT0
         #expect(p.localInterrupts.last.map { $0.type == 1 && $0.apic == 0xff && $0.lint == 1 } == true) // NMI → LINT1
-        #expect(MPTable.size(cpus: cpus) == plan.write(at: 0x9fc00)?.bytes.count)
+        #expect(MPTable.size(cpus: cpus) == plan.write(at: 0xf0000)?.bytes.count)
         expectSanePlan(plan, map)
     }
 
@@ -105,7 +105,35 @@ struct BootMPTableTests {
 
     @Test("254 vCPUs still fit below 1 MiB")
     func largestFits() {
-        #expect(0x9fc00 + MPTable.size(cpus: MPTable.maxCPUs) <= 0x100000)
+        #expect(0xf0000 + MPTable.size(cpus: MPTable.maxCPUs) <= 0x100000)
+    }
+
+    /// What Linux's arch/x86/kernel/mpparse.c checks before it uses a table: smp_scan_config
+    /// looks at 16-byte steps of [0, 1 KiB), [639 KiB, 640 KiB) and [0xF0000, 1 MiB) (then the
+    /// EBDA the BIOS data area names) for "_MP_" with length 1, spec revision 1 or 4 and a zero
+    /// checksum; smp_check_mpc wants "PCMP", a zero checksum, revision 1 or 4 and a local APIC
+    /// address. It also reserves the table, so it must not be in e820 RAM the kernel hands out.
+    @Test("the table passes Linux's mpparse checks, in a region it scans and e820 reserves", arguments: [1, 2, 64, 254])
+    func linuxAccepts(cpus: Int) throws {
+        let plan = try KernelLoader.plan(BootConfig(kernel: BootImage.bzImage(), memoryMap: try bootMap(256 * MiB), cpus: cpus))
+        let scanned: [Range<UInt64>] = [0 ..< 0x400, 0x9fc00 ..< 0xa0000, 0xf0000 ..< 0x100000]
+        let found = scanned.flatMap { stride(from: $0.lowerBound, to: $0.upperBound, by: 16) }.filter { a in
+            guard let fp = plan.read(a, 16) else { return false }
+            return Array(fp[0 ..< 4]) == Array("_MP_".utf8) && fp[8] == 1 && (fp[9] == 1 || fp[9] == 4)
+                && fp.reduce(UInt8(0), &+) == 0
+        }
+        let fp = try #require(found.first.flatMap { plan.read($0, 16) }, "no floating pointer where Linux scans")
+        let physptr = UInt64(fp.getLE(UInt32.self, at: 4))
+        let header = try #require(plan.read(physptr, 44))
+        let table = try #require(plan.read(physptr, Int(header.getLE(UInt16.self, at: 4))))
+        #expect(Array(table[0 ..< 4]) == Array("PCMP".utf8) && table.reduce(UInt8(0), &+) == 0)
+        #expect(table[6] == 1 || table[6] == 4)
+        #expect(table.getLE(UInt32.self, at: 36) != 0)
+        let reserved = plan.e820.filter { $0.type == E820Entry.reserved }
+        for (start, length) in [(try #require(found.first), 16), (physptr, table.count)] {
+            #expect(reserved.contains { $0.address.raw <= start && start + UInt64(length) <= $0.address.raw + $0.size },
+                    "[0x\(String(start, radix: 16)), +\(length)) is not e820-reserved")
+        }
     }
 }
 

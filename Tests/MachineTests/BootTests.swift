@@ -338,7 +338,7 @@ struct BootPVHTests {
         #expect(info.getLE(UInt32.self, at: 12) == 0)                // nr_modules
         #expect(info.getLE(UInt64.self, at: 16) == 0)                // modlist_paddr
         #expect(info.getLE(UInt64.self, at: 24) == 0x20000)          // cmdline_paddr
-        #expect(info.getLE(UInt64.self, at: 32) == 0)                // rsdp_paddr
+        #expect(info.getLE(UInt64.self, at: 32) == 0xe0000)          // rsdp_paddr: the ACPI tables
         #expect(info.getLE(UInt64.self, at: 40) == 0x6080)           // memmap_paddr
         #expect(info.getLE(UInt32.self, at: 48) == 3)                // memmap_entries
         #expect(info.getLE(UInt32.self, at: 52) == 0)
@@ -420,7 +420,7 @@ struct BootPVHTests {
     func overlapsStructures() throws {
         let map = try bootMap(64 * MiB)
         for (paddr, name) in [(UInt64(0x6000), "hvm_start_info/memmap"), (0x9800, "page tables"), (0x1ff00, "command line"),
-                              (0x9fb00, "MP table / BIOS area"), (0x400, "GDT")] {
+                              (0x9fb00, "ACPI / MP tables / BIOS area"), (0x400, "GDT")] {
             let kernel = BootImage.elf(segments: [.init(paddr: paddr, data: BootImage.payload(512))], notes: [.entry32(UInt32(paddr))])
             let e = bootError(BootConfig(kernel: kernel, memoryMap: map))
             guard case .overlapsBootStructure(_, _, _, let structure) = e else {

@@ -33,6 +33,8 @@ public enum BootError: Error, Equatable, CustomStringConvertible {
     case overlapsBootStructure(what: String, start: GuestAddress, end: GuestAddress, structure: String)
     /// The vCPU count is outside 1 … 254 (the MP table and APIC ID space limit).
     case invalidCPUCount(Int)
+    /// More virtio-mmio devices than there are windows and IOAPIC pins for them.
+    case invalidDeviceCount(Int)
 
     /// One line naming the problem, for the command line's error output.
     public var description: String {
@@ -67,6 +69,8 @@ public enum BootError: Error, Equatable, CustomStringConvertible {
             return "\(what) [\(start), \(end)) overlaps the \(structure) the loader writes"
         case .invalidCPUCount(let n):
             return "vCPU count \(n) is not supported (1 to 254)"
+        case .invalidDeviceCount(let n):
+            return "\(n) virtio devices cannot be described (0 to \(MemoryMap.lastIRQ + 1 - MemoryMap.virtioFirstIRQ))"
         }
     }
 

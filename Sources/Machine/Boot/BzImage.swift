@@ -91,6 +91,7 @@ enum BzImageLoader {
     /// `boot_params` offsets outside the setup header.
     enum ZeroPage {
         static let size = 4096
+        static let acpiRSDPAddress = 0x070
         static let extRamdiskImage = 0x0c0
         static let extRamdiskSize = 0x0c4
         static let extCmdLinePtr = 0x0c8
@@ -141,11 +142,11 @@ enum BzImageLoader {
         }
 
         let e820 = E820Entry.map(for: memory)
-        let zeroPage = bootParams(file: file, header: header, initrd: initrdRange, e820: e820)
+        let zeroPage = bootParams(file: file, header: header, initrd: initrdRange, e820: e820, rsdp: config.rsdpAddress)
 
         var writes = [MemoryWrite(address: BootLayout.bootParamsAddress, bytes: zeroPage)]
         writes.append(contentsOf: X86Tables.identityPageTables())
-        writes.append(contentsOf: KernelLoader.commonWrites(cmdline: cmdline, cpus: config.cpus))
+        writes.append(contentsOf: KernelLoader.commonWrites(cmdline: cmdline, config: config))
         writes.append(MemoryWrite(address: GuestAddress(placement.load),
                                   bytes: file.slice(header.setupSize, length: payloadSize) ?? []))
         if let initrd = config.initrd, let range = initrdRange {
@@ -199,7 +200,7 @@ enum BzImageLoader {
 
     /// The 4 KiB `boot_params`: the file's setup header, then the loader's fields.
     static func bootParams(file: ByteReader, header: SetupHeader, initrd: Range<GuestAddress>?,
-                           e820: [E820Entry]) -> [UInt8] {
+                           e820: [E820Entry], rsdp: GuestAddress? = nil) -> [UInt8] {
         typealias O = SetupHeader.Offset
         var page = [UInt8](repeating: 0, count: ZeroPage.size)
         let start = O.setupSects
@@ -221,6 +222,9 @@ enum BzImageLoader {
         page.storeLE(UInt32(truncatingIfNeeded: size), at: Int(O.ramdiskSize))
         page.storeLE(UInt32(truncatingIfNeeded: image >> 32), at: ZeroPage.extRamdiskImage)
         page.storeLE(UInt32(truncatingIfNeeded: size >> 32), at: ZeroPage.extRamdiskSize)
+
+        // acpi_rsdp_addr (boot protocol 2.14; older kernels ignore it and scan 0xE0000 … 1 MiB).
+        page.storeLE(rsdp?.raw ?? 0, at: ZeroPage.acpiRSDPAddress)
 
         let entries = e820.prefix(ZeroPage.e820MaxEntries)
         page.storeLE(UInt8(entries.count), at: ZeroPage.e820Entries)

@@ -41,17 +41,28 @@ public struct BootConfig: Sendable {
     public var cmdline: String
     /// The machine's guest-physical layout.
     public var memoryMap: MemoryMap
-    /// Number of vCPUs, 1 … 254 (listed in the MP table).
+    /// Number of vCPUs, 1 … 254 (listed in the MP table and the MADT).
     public var cpus: Int
+    /// Write ACPI tables and pass the RSDP to the kernel (`run --no-acpi` turns this off; the
+    /// MP table is written either way).
+    public var acpi: Bool
+    /// How many virtio-mmio devices the DSDT describes, in window order.
+    public var virtioDevices: Int
 
-    /// A configuration; `cpus` defaults to 1 and the command line to empty.
-    public init(kernel: [UInt8], initrd: [UInt8]? = nil, cmdline: String = "", memoryMap: MemoryMap, cpus: Int = 1) {
+    /// A configuration; `cpus` defaults to 1, the command line to empty, ACPI to on.
+    public init(kernel: [UInt8], initrd: [UInt8]? = nil, cmdline: String = "", memoryMap: MemoryMap, cpus: Int = 1,
+                acpi: Bool = true, virtioDevices: Int = 0) {
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
         self.memoryMap = memoryMap
         self.cpus = cpus
+        self.acpi = acpi
+        self.virtioDevices = virtioDevices
     }
+
+    /// Where the RSDP is, or nil without ACPI.
+    var rsdpAddress: GuestAddress? { acpi ? BootLayout.acpiAddress : nil }
 }
 
 /// The result of loading: what to write into guest RAM and how to start the boot vCPU.
@@ -86,6 +97,10 @@ public enum KernelLoader {
         guard config.cpus >= 1, config.cpus <= MPTable.maxCPUs else {
             throw .invalidCPUCount(config.cpus)
         }
+        guard config.virtioDevices >= 0,
+              config.virtioDevices <= Int(MemoryMap.lastIRQ + 1 - MemoryMap.virtioFirstIRQ) else {
+            throw .invalidDeviceCount(config.virtioDevices)
+        }
         let file = ByteReader(config.kernel)
         if ELFImage.isELF(config.kernel) {
             return try PVHLoader.plan(config, file: file)
@@ -112,13 +127,19 @@ public enum KernelLoader {
         return bytes
     }
 
-    /// Writes both formats share: GDT, MP table and the NUL-terminated command line.
-    static func commonWrites(cmdline: [UInt8], cpus: Int) -> [MemoryWrite] {
-        [
+    /// Writes both formats share: GDT, MP table, ACPI tables (unless off) and the
+    /// NUL-terminated command line.
+    static func commonWrites(cmdline: [UInt8], config: BootConfig) -> [MemoryWrite] {
+        var writes = [
             MemoryWrite(address: BootLayout.gdtAddress, bytes: X86Tables.gdt()),
-            MemoryWrite(address: BootLayout.mpTableAddress, bytes: MPTable.build(cpus: cpus, at: BootLayout.mpTableAddress)),
+            MemoryWrite(address: BootLayout.mpTableAddress, bytes: MPTable.build(cpus: config.cpus, at: BootLayout.mpTableAddress)),
             MemoryWrite(address: BootLayout.cmdlineAddress, bytes: cmdline + [0]),
         ]
+        if let rsdp = config.rsdpAddress {
+            let machine = ACPITables.Machine(cpus: config.cpus, virtioDevices: config.virtioDevices)
+            writes.append(MemoryWrite(address: rsdp, bytes: ACPITables.build(machine, at: rsdp)))
+        }
+        return writes
     }
 
     /// Throws if `[start, end)` of `what` overlaps a structure in `BootLayout.reservedRegions`.

@@ -13,7 +13,9 @@
 /// 0x0000_a000 ..< 0x0000_b000  PDPT                                (bzImage)
 /// 0x0000_b000 ..< 0x0000_f000  4 page directories, 2 MiB pages: identity map of 0 ..< 4 GiB
 /// 0x0002_0000 ..< 0x0002_1000  kernel command line, NUL-terminated (at most 4095 bytes)
-/// 0x0009_fc00 ..< 0x0010_0000  e820-reserved: MP floating pointer + config table, BIOS area
+/// 0x0009_fc00 ..< 0x0010_0000  e820-reserved: EBDA and BIOS area, holding
+/// 0x000e_0000 ..< 0x000f_0000    ACPI: RSDP, XSDT, FADT, MADT, DSDT   (unless --no-acpi)
+/// 0x000f_0000 ..< 0x0010_0000    MP floating pointer + configuration table
 /// 0x0010_0000                  bzImage load address (or the kernel's pref_address)
 /// ```
 /// The areas below 0x9fc00 are e820 RAM: the guest may reuse them once it has read them.
@@ -65,8 +67,15 @@ public enum BootLayout {
     public static let reservedLowStart = GuestAddress(0x9fc00)
     /// End of the reserved hole: where RAM resumes and the bzImage loads by default.
     public static let reservedLowEnd = GuestAddress(0x100000)
-    /// MP floating pointer structure, followed immediately by the MP configuration table.
-    public static let mpTableAddress = GuestAddress(0x9fc00)
+    /// MP floating pointer structure, followed immediately by the MP configuration table: at
+    /// the start of the BIOS ROM area, which every MP table reader scans whatever the BIOS data
+    /// area says (there is no BIOS to fill it) and which holds the table for 254 vCPUs.
+    public static let mpTableAddress = GuestAddress(0xf0000)
+    /// The ACPI RSDP, followed by the tables (`ACPITables.build`): 16-byte aligned in
+    /// 0xE0000 ..< 0x100000, where a kernel not told the RSDP's address scans for it.
+    public static let acpiAddress = GuestAddress(0xe0000)
+    /// Room for the ACPI tables, up to the MP table.
+    public static let acpiCapacity = mpTableAddress.raw - acpiAddress.raw
 
     /// Default load address of a bzImage's protected-mode kernel (1 MiB).
     public static let bzImageLoadAddress = GuestAddress(0x100000)
@@ -83,6 +92,6 @@ public enum BootLayout {
         ("boot stack", 0x8000 ..< pml4Address.raw),
         ("page tables", pml4Address.raw ..< pageDirectoryAddress.raw + UInt64(pageDirectoryCount) * 0x1000),
         ("command line", cmdlineAddress.raw ..< cmdlineAddress.raw + cmdlineCapacity),
-        ("MP table / BIOS area", reservedLowStart.raw ..< reservedLowEnd.raw),
+        ("ACPI / MP tables / BIOS area", reservedLowStart.raw ..< reservedLowEnd.raw),
     ]
 }

@@ -1,8 +1,8 @@
 /// Intel MultiProcessor Specification 1.4 tables: how a guest without ACPI learns its CPUs,
 /// its IOAPIC and how ISA interrupts reach it.
 ///
-/// Written at `BootLayout.mpTableAddress` (0x9fc00, the last KiB of base memory, which Linux
-/// scans): a 16-byte floating pointer "_MP_", then the "PCMP" configuration table with
+/// Written at `BootLayout.mpTableAddress` (0xF0000, the BIOS ROM area every reader scans): a
+/// 16-byte floating pointer "_MP_", then the "PCMP" configuration table with
 ///
 /// - one processor entry per vCPU, local APIC IDs 0 … n−1, the BSP flag on APIC 0;
 /// - one bus, ID 0, "ISA   ";

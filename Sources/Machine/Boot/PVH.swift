@@ -50,8 +50,8 @@ enum PVHLoader {
             }
         }
         let e820 = E820Entry.map(for: memory)
-        writes.append(contentsOf: structures(e820: e820, initrd: initrdRange))
-        writes.append(contentsOf: KernelLoader.commonWrites(cmdline: cmdline, cpus: config.cpus))
+        writes.append(contentsOf: structures(e820: e820, initrd: initrdRange, rsdp: config.rsdpAddress))
+        writes.append(contentsOf: KernelLoader.commonWrites(cmdline: cmdline, config: config))
         return BootPlan(writes: writes, entry: .pvh(entry: entry, startInfo: UInt32(BootLayout.startInfoAddress.raw)),
                         format: .pvh, kernelRange: kernel, initrdRange: initrdRange, e820: e820)
     }
@@ -110,8 +110,8 @@ enum PVHLoader {
         return start
     }
 
-    /// `hvm_start_info`, the module list (when there is an initrd) and the memory map.
-    static func structures(e820: [E820Entry], initrd: Range<GuestAddress>?) -> [MemoryWrite] {
+    /// `hvm_start_info` (with the RSDP's address when there are ACPI tables), the module list (when there is an initrd) and the memory map.
+    static func structures(e820: [E820Entry], initrd: Range<GuestAddress>?, rsdp: GuestAddress?) -> [MemoryWrite] {
         let entries = e820.prefix(BootLayout.maxMemoryMapEntries)
         var info = ByteBuilder()
         info.u32(startInfoMagic)
@@ -120,7 +120,7 @@ enum PVHLoader {
         info.u32(initrd == nil ? 0 : 1)                       // nr_modules
         info.u64(initrd == nil ? 0 : BootLayout.moduleListAddress.raw)
         info.u64(BootLayout.cmdlineAddress.raw)
-        info.u64(0)                                           // rsdp_paddr: no ACPI
+        info.u64(rsdp?.raw ?? 0)                              // rsdp_paddr (0: no ACPI)
         info.u64(BootLayout.memoryMapTableAddress.raw)
         info.u32(UInt32(entries.count))
         info.u32(0)                                           // reserved
