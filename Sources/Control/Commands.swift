@@ -15,9 +15,12 @@ public enum ControlCommand: Sendable {
     case migrateCancel
     /// Write the paused machine's state (an FDT) to a file.
     case dumpState(path: String)
+    /// Save the guest to a snapshot file (an absolute path), then stop it or leave it running.
+    case save(path: String, options: SaveOptions)
 
     /// Every command name, for `CommandNotFound` replies.
-    public static let names = ["query-status", "query-migrate", "stop", "cont", "quit", "migrate", "migrate-cancel", "dump-state"]
+    public static let names = ["query-status", "query-migrate", "stop", "cont", "quit", "migrate", "migrate-cancel", "dump-state",
+                               "x-swiftvmm-save"]
 
     /// The name on the wire.
     public var name: String {
@@ -30,6 +33,7 @@ public enum ControlCommand: Sendable {
         case .migrate: return "migrate"
         case .migrateCancel: return "migrate-cancel"
         case .dumpState: return "dump-state"
+        case .save: return "x-swiftvmm-save"
         }
     }
 
@@ -46,6 +50,14 @@ public enum ControlCommand: Sendable {
             guard let path = a["path"] as? String, !path.isEmpty else { throw .invalid("dump-state needs \"path\"") }
             self = .dumpState(path: path)
         case "migrate": self = .migrate(try Self.sendOptions(a))
+        case "x-swiftvmm-save":
+            guard let path = a["path"] as? String, path.hasPrefix("/") else { throw .invalid("x-swiftvmm-save needs an absolute \"path\"") }
+            var o = SaveOptions()
+            if let v = a["leave-running"] {
+                guard let b = v as? Bool else { throw .invalid("leave-running must be true or false") }
+                o.leaveRunning = b
+            }
+            self = .save(path: path, options: o)
         default: throw .unknown(name)
         }
     }

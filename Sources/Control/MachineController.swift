@@ -46,7 +46,9 @@ public final class MachineController: @unchecked Sendable {
                 return .error(error.errorClass, error.description)
             }
         }
-        server.replyWritten = { [self] (command: String) in if command == "migrate" { self.migrateReplyWritten() } }
+        server.replyWritten = { [self] (command: String) in
+            if command == "migrate" || command == "x-swiftvmm-save" { self.migrateReplyWritten() }
+        }
         return server
     }
 
@@ -78,6 +80,23 @@ public final class MachineController: @unchecked Sendable {
             if let t { t.cancel("migration cancelled on the target by the user"); return .ok([:]) }
             return .error("GenericError", "no migration is in progress")
         case .dumpState(let path): return dumpState(path)
+        case .save(let path, let options): return save(path, options)
+        }
+    }
+
+    /// Saves the guest on the migration thread (files, the dirty-page scan); not while a
+    /// migration runs.
+    private func save(_ path: String, _ options: SaveOptions) -> ControlReply {
+        guard let vm else { return .error("GenericError", "no guest is running") }
+        if let s = source, [.setup, .precopy, .stopAndCopy, .handoff, .inDoubt].contains(s.progress.snapshot.phase) {
+            return .error("GenericError", "a migration is in progress")
+        }
+        replyDone.lock(); replyWasWritten = false; replyDone.unlock()
+        do {
+            let report = try migrations.run { try Snapshot.save(vm, to: path, options: options) }
+            return .ok(report.json)
+        } catch {
+            return .error("GenericError", "\(error)")
         }
     }
 
@@ -159,7 +178,8 @@ public final class MachineController: @unchecked Sendable {
     }
 
     /// Waits (at most `timeout` s) until the reply to the migration that moved the guest away
-    /// reached its client, so that the process does not exit before `send` learns the result.
+    /// (or the save that stopped it) reached its client, so that the process does not exit
+    /// before `send` (or `save`) learns the result.
     public func waitForMigrateReply(timeout: Double) {
         let deadline = Date().addingTimeInterval(timeout)
         replyDone.lock()

@@ -11,7 +11,7 @@ func runUntilStopped(_ vm: VM, controller: MachineController? = nil, alreadyStar
     Signals.shared.onTerminate { sig in vm.stop(.signal(sig)) }
     if !alreadyStarted { vm.start() }
     let reason = vm.waitForStop()
-    if reason == .migrated, let controller {
+    if reason == .migrated || reason == .saved, let controller {
         // Let the `migrate` reply reach `send` before this process goes away.
         controller.waitForMigrateReply(timeout: 5)
     }
@@ -62,6 +62,9 @@ func exitCode(for reason: StopReason) -> Int32 {
         return 0
     case .migrated:
         note("the guest now runs on the migration target; exiting")
+        return 0
+    case .saved:
+        note("the guest was saved to a snapshot; exiting")
         return 0
     case .tripleFault(let m):
         note("guest crashed: \(m)")
