@@ -47,6 +47,26 @@ struct SnapshotTests {
         #expect(dst.stderr.contains("mapped on demand"), "\(dst.stderr)")
     }
 
+    @Test("a guest restored from a snapshot (memory still mapped from the file) live-migrates and PASSes on the target")
+    func restoredGuestMigrates() throws {
+        let rig = try MigrationRig()
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.memtouch)
+        #expect(src.waitFor("HEARTBEAT", timeout: 30), "\(src.transcript)")
+        let file = rig.path("memtouch.snap")
+        #expect(try Self.save(api, file).status == 0)
+        #expect(src.wait(timeout: 30) == 0)
+        let restoredAPI = rig.nextSocket("restored")
+        let restored = try Self.restore(file, ["--api-socket", restoredAPI])
+        #expect(restored.waitFor("HEARTBEAT", timeout: 30), "\(restored.transcript)")
+        let listen = "unix:" + rig.path("mig.sock")
+        let (dst, _) = try rig.target(listen: listen)
+        let s = try rig.send(restoredAPI, to: listen)
+        #expect(s.status == 0, "\(s.stderr)\n\(restored.transcript)\n\(dst.transcript)")
+        #expect(restored.wait(timeout: 30) == 0)
+        #expect(dst.waitFor("PASS passes=20000", timeout: 120), "\(dst.transcript)")
+        #expect(!restored.stdout.contains("PASS") && !dst.stdout.contains("FAIL"))
+    }
+
     @Test("save --leave-running: the guest carries on and PASSes, and its snapshot restored with --prefault PASSes too")
     func leaveRunningAndPrefault() throws {
         let rig = try MigrationRig()
