@@ -33,9 +33,10 @@ struct Save: ParsableCommand {
             reply = try ControlClient(path: apiSocketPath(for: vm)).execute("x-swiftvmm-save", ["path": path, "leave-running": leaveRunning])
         } catch { throw fail("save failed: \(error)") }
         let n = { (k: String) in UInt64(Progress.num(reply[k])) }
-        print(String(format: "saved %@ to %@: %@ on disk (%@ apparent), guest paused %.1f ms; %@",
-                     ByteSize.format(n("memory_bytes")) as NSString, path as NSString, ByteSize.format(n("allocated_bytes")) as NSString,
-                     ByteSize.format(n("apparent_bytes")) as NSString, Progress.num(reply["paused_ms"]),
+        print(String(format: "saved %@ to %@ in %.1f ms: %@ on disk (%@ apparent), guest paused %.1f ms; %@",
+                     ByteSize.format(n("memory_bytes")) as NSString, path as NSString, Progress.num(reply["total_ms"]),
+                     ByteSize.format(n("allocated_bytes")) as NSString, ByteSize.format(n("apparent_bytes")) as NSString,
+                     Progress.num(reply["paused_ms"]),
                      (leaveRunning ? "the guest keeps running" : "the guest is stopped") as NSString))
     }
 }

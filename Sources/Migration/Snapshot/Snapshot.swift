@@ -19,7 +19,8 @@ public struct SaveReport: Sendable {
     /// Bytes of non-zero guest pages written.
     public var dataBytes: UInt64 = 0
     public var stateBytes = 0
-    /// How long the guest was paused, and the whole save.
+    /// How long the guest was paused (until its pages were in the file's page cache, when it
+    /// is left running), and the whole save (until the file is flushed and in place).
     public var pausedMs = 0.0
     public var totalMs = 0.0
     public var leftRunning = false
@@ -44,25 +45,35 @@ public enum Snapshot {
         guard vm.pause() else { throw MigrationError.machine("the guest stopped before it could be saved") }
         vm.devices.quiesce()
         var report: SaveReport
-        do { report = try write(vm, to: path) } catch {
+        let writer: SnapshotWriter
+        let header: SnapshotHeader
+        do { (writer, header, report) = try write(vm, to: path) } catch {
             vm.devices.unquiesce()
             if !wasPaused { vm.resume() }
             throw error
         }
+        // Every page is in the page cache now: a guest left running need not wait for the disk.
         if options.leaveRunning {
             vm.devices.unquiesce()
             if !wasPaused { vm.resume() }
-        } else {
-            vm.stop(.saved)
         }
         report.pausedMs = (Clock.monotonic() - start) * 1000
-        report.totalMs = report.pausedMs
+        do { try writer.finish(header) } catch {
+            // The guest must not be lost with the file: it runs on here.
+            if !options.leaveRunning { vm.devices.unquiesce(); if !wasPaused { vm.resume() } }
+            throw error
+        }
+        if !options.leaveRunning { vm.stop(.saved) }
+        report.totalMs = (Clock.monotonic() - start) * 1000
+        if !options.leaveRunning { report.pausedMs = report.totalMs }
         report.leftRunning = options.leaveRunning
+        (report.apparentBytes, report.allocatedBytes) = writer.sizes()
         return report
     }
 
-    /// Writes the paused, quiesced machine: description and state, then memory, then the header.
-    static func write(_ vm: VM, to path: String) throws -> SaveReport {
+    /// Writes the paused, quiesced machine — description and state, then memory — and returns
+    /// the writer and the header for `finish`.
+    static func write(_ vm: VM, to path: String) throws -> (SnapshotWriter, SnapshotHeader, SaveReport) {
         let state: StateNode
         do { state = try vm.saveMachineState() } catch { throw MigrationError.machine("saving machine state: \(error)") }
         let stateBlob = try FDTCodec.encode(state)
@@ -78,12 +89,6 @@ public enum Snapshot {
             header.regions[i].dataCRC = scan.crc
             report.dataBytes += scan.dataBytes
         }
-        try writer.finish(header)
-        var st = stat()
-        if stat(path, &st) == 0 {
-            report.apparentBytes = UInt64(st.st_size)
-            report.allocatedBytes = UInt64(st.st_blocks) * 512
-        }
-        return report
+        return (writer, header, report)
     }
 }

@@ -86,6 +86,13 @@ final class SnapshotWriter {
         finished = true
     }
 
+    /// The file's apparent size and the bytes it takes on disk.
+    func sizes() -> (apparent: UInt64, allocated: UInt64) {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return (0, 0) }
+        return (UInt64(st.st_size), UInt64(st.st_blocks) * 512)
+    }
+
     func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
         guard let base = bytes.baseAddress else { return }
         var done = 0
