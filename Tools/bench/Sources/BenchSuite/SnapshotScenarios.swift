@@ -87,6 +87,10 @@ struct RestoreSnapshot: Scenario {
                                           environment: ["SWIFTVMM_TRACE_STARTUP": "1"]) }
         defer { c.kill() }
         _ = try bench { try c.waitForLine("^HEARTBEAT", timeout: 60) }
+        // stderr has its own reader: wait for both lines rather than race it.
+        guard c.waitForStderr("first KVM_RUN at monotonic", timeout: 10), c.waitForStderr(" restored from ", timeout: 10) else {
+            throw BenchError("restore printed no start-up trace or time: \(c.stderr.suffix(400))")
+        }
         let lines = c.err.lines.map(\.text)
         guard let trace = lines.first(where: { $0.contains("first KVM_RUN at monotonic") }),
               let ns = trace.split(separator: " ").dropLast().last.flatMap({ Double($0) }) else {
