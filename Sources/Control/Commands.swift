@@ -28,6 +28,8 @@ public enum ControlCommand: Sendable {
     /// Check, without moving anything, that the guest could move to `uri`: the target runs
     /// every pre-check and builds the machine, then tears it down. Returns the verdict.
     case migrateDryRun(Endpoint)
+    /// Save the guest to a snapshot file (an absolute path), then stop it or leave it running.
+    case save(path: String, options: SaveOptions)
 
     /// Every command and the arguments it takes (anything else is refused, as QEMU does).
     public static let table: [(name: String, arguments: Set<String>)] = [
@@ -37,6 +39,7 @@ public enum ControlCommand: Sendable {
         ("migrate", ["uri", "detach", "resume"]), ("migrate_cancel", []), ("query-migrate", []),
         ("migrate-set-parameters", MigrationParameters.names), ("query-migrate-parameters", []),
         ("x-swiftvmm-query-status", []), ("x-swiftvmm-dump-state", ["path"]), ("x-swiftvmm-migrate-dry-run", ["uri"]),
+        ("x-swiftvmm-save", ["path", "leave-running"]),
     ]
 
     /// Every command name, for `query-commands`.
@@ -67,6 +70,14 @@ public enum ControlCommand: Sendable {
             guard !path.isEmpty else { throw .generic("Parameter 'path' must not be empty") }
             self = .dumpState(path: path)
         case "x-swiftvmm-migrate-dry-run": self = .migrateDryRun(try Self.migrateURI(a))
+        case "x-swiftvmm-save":
+            guard let path = a["path"] as? String, path.hasPrefix("/") else { throw .generic("Parameter 'path' must be an absolute path") }
+            var o = SaveOptions()
+            if let v = a["leave-running"] {
+                guard let b = v as? Bool else { throw .generic("Parameter 'leave-running' expects a boolean") }
+                o.leaveRunning = b
+            }
+            self = .save(path: path, options: o)
         default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
         }
     }

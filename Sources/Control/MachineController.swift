@@ -96,6 +96,22 @@ public final class MachineController: @unchecked Sendable {
         case .machineStatus: return .success(status())
         case .dumpState(let path): return dumpState(path)
         case .migrateDryRun(let endpoint): return dryRun(to: endpoint)
+        case .save(let path, let options): return save(path, options, client: client)
+        }
+    }
+
+    /// Saves the guest on the migration thread (files, the dirty-page scan); not while a
+    /// migration runs. When the guest stops, the process waits for this client to hang up.
+    private func save(_ path: String, _ options: SaveOptions, client: Int) -> Result<Any, QMPError> {
+        guard let vm else { return .failure(.generic("no guest is running")) }
+        let busy = lock.withLock { outgoing.running || sourceRef?.progress.snapshot.phase == .inDoubt }
+        if busy { return .failure(.generic("a migration is in progress")) }
+        if !options.leaveRunning { lock.withLock { outgoing.client = client; outgoing.clientGone = false } }
+        do {
+            let report = try migrations.run { try Snapshot.save(vm, to: path, options: options) }
+            return .success(report.json)
+        } catch {
+            return .failure(.generic("\(error)"))
         }
     }
 
@@ -205,6 +221,7 @@ public final class MachineController: @unchecked Sendable {
         case .signal: return ["guest": false, "reason": quit ? "host-qmp-quit" : "host-signal"]
         case .internalError: return ["guest": false, "reason": "host-error"]
         case .migrated: return nil
+        case .saved: return ["guest": false, "reason": "host-qmp-quit"]
         }
     }
 }

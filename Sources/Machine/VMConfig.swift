@@ -101,6 +101,8 @@ public struct VMConfig: Sendable {
     /// `registerMemorySlots()` before the vCPUs run (a migration target does that while pages
     /// arrive, since creating a large slot takes milliseconds).
     public var deferMemorySlots: Bool
+    /// Guest RAM's initial contents come from this file (a snapshot being restored).
+    public var memoryFile: MemoryFile?
 
     public init(name: String = "swiftvmm", memorySize: UInt64 = 256 << 20, cpus: Int = 1,
                 serial: any SerialSink = FileDescriptorSink(fd: 1), cpuidDeny: [String] = [],

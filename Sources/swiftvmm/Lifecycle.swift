@@ -12,7 +12,7 @@ func runUntilStopped(_ vm: VM, controller: MachineController? = nil, alreadyStar
     if !alreadyStarted { vm.start() }
     let reason = vm.waitForStop()
     defer { controller?.finish() }
-    if reason == .migrated, let controller {
+    if reason == .migrated || reason == .saved, let controller {
         // Let `send` (or any client that started the migration) learn the outcome first.
         controller.waitForMigrationClient(timeout: 10)
     }
@@ -63,6 +63,9 @@ func exitCode(for reason: StopReason) -> Int32 {
         return 0
     case .migrated:
         note("the guest now runs on the migration target; exiting")
+        return 0
+    case .saved:
+        note("the guest was saved to a snapshot; exiting")
         return 0
     case .tripleFault(let m):
         note("guest crashed: \(m)")

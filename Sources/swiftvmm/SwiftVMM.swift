@@ -12,10 +12,12 @@ struct SwiftVMM: ParsableCommand {
         Boot a guest:     swiftvmm run --kernel guest.elf --memory 256M --cmdline "console=ttyS0"
         Move it:          swiftvmm recv --listen unix:/tmp/vm.mig   (on the target)
                           swiftvmm send /tmp/vm.sock --to unix:/tmp/vm.mig
+        Save it:          swiftvmm save /tmp/vm.sock vm.snap     (the guest stops; --leave-running)
+        Restore it:       swiftvmm restore vm.snap               (memory mapped from the file)
         Exit status of run: the guest's debug-exit value v gives (v<<1)|1; 0 after a reset or
         clean stop; 2 for an error of the VMM or its input; 3 when the guest crashed.
         """,
-        subcommands: [Run.self, Recv.self, Send.self, StatusCommand.self, Cancel.self, StopCommand.self, ContCommand.self,
+        subcommands: [Run.self, Recv.self, Send.self, Save.self, Restore.self, StatusCommand.self, Cancel.self, StopCommand.self, ContCommand.self,
                       QuitCommand.self, Inspect.self, CPUFeatures.self, CPUBaseline.self],
         defaultSubcommand: nil)
 

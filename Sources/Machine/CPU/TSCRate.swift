@@ -1,5 +1,6 @@
 import Foundation
 import KVM
+import Synchronization
 
 /// The guest TSC's rate across hosts. A guest calibrates its clock once, at boot; on a host whose
 /// TSC runs at another rate its clock would run fast or slow from the hand-off on. Equal rates
@@ -7,6 +8,9 @@ import KVM
 /// (`KVM_CAP_TSC_CONTROL`, `KVM_SET_TSC_KHZ`) or the target must refuse the guest.
 public enum TSCRate {
     public static let tolerancePPM: UInt64 = 250
+    /// This host's TSC rate per KVM device, probed once per process (a probe VM costs
+    /// milliseconds to create and destroy, and a restore would otherwise make two).
+    private static let probed = Mutex<[String: UInt32]>([:])
 
     /// What a target does with a guest whose TSC runs at `guest` kHz.
     public enum Decision: Equatable, Sendable {
@@ -27,10 +31,13 @@ public enum TSCRate {
         var scaling = hv.check(.tscControl) > 0
         if let s = env["SWIFTVMM_TEST_TSC_SCALING"] { scaling = s == "1" }
         if let k = env["SWIFTVMM_TEST_TSC_KHZ"].flatMap(UInt32.init) { return (k, scaling) }
+        if let k = probed.withLock({ $0[kvmDevice] }) { return (k, scaling) }
         do {
             let vm = try hv.createVM()
             let vcpu = try vm.createVCPU(id: 0)
-            return (vcpu.tscKHz(), scaling)
+            let khz = vcpu.tscKHz()
+            probed.withLock { $0[kvmDevice] = khz }
+            return (khz, scaling)
         } catch { throw .kvm(error) }
     }
 

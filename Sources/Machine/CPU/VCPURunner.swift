@@ -14,6 +14,8 @@ public enum StopReason: Sendable, Equatable {
     case signal(Int32)
     /// The guest now runs elsewhere: a migration committed.
     case migrated
+    /// The guest was saved to a snapshot file and is not to run on here.
+    case saved
 }
 
 /// The vCPU threads of a machine: one thread per vCPU running `KVM_RUN` and dispatching its

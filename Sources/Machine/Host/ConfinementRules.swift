@@ -13,7 +13,7 @@ enum ConfinementRules {
     /// Only after `Confinement.lockDown()` are threads confined; these are what the process as a
     /// whole may do then (the dispatch threads, the main thread, the control socket's acceptor).
     static let process = common + [
-        "ioctl", "readv", "pread64", "pwrite64", "lseek", "fdatasync", "fsync", "openat", "newfstatat", "fstat", "statx",
+        "ioctl", "readv", "pread64", "pwrite64", "lseek", "fdatasync", "fsync", "ftruncate", "openat", "newfstatat", "fstat", "statx",
         "fcntl", "dup", "unlink", "rename", "renameat", "renameat2", "umask", "chmod", "mincore", "getrusage", "setpriority", "prlimit64",
         "poll", "ppoll", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "eventfd2", "signalfd4",
         "timerfd_create", "timerfd_settime", "pipe2",
@@ -36,7 +36,8 @@ enum ConfinementRules {
                                    "fsync", "fdatasync", "seccomp"]
 
     /// A migration and its helpers (the memory-slot thread, the throttle ticker): sockets, the
-    /// dirty log, residency of guest pages, the target's machine (KVM, disk images, TAPs).
+    /// dirty log, residency of guest pages, the target's machine (KVM, disk images, TAPs); and
+    /// a save, which writes a snapshot file (sized with ftruncate, then pwrite, rename).
     static let migration = process.filter { !["bind", "listen", "chmod", "umask"].contains($0) }
 
     static func allowed(_ kind: Confinement.ThreadKind) -> [String] {

@@ -5,12 +5,16 @@ import Glibc
 public enum MemoryError: Error, Equatable, CustomStringConvertible {
     case outOfBounds(GuestAddress, length: UInt64)
     case allocation(size: UInt64, errno: Int32)
+    /// Reading guest RAM's initial contents from its file failed.
+    case file(offset: UInt64, errno: Int32)
 
     public var description: String {
         switch self {
         case .outOfBounds(let a, let l): return "guest range \(a)+\(l) is outside guest RAM"
         case .allocation(let size, let e):
             return "cannot allocate \(size >> 20) MiB of guest memory: \(String(cString: strerror(e)))"
+        case .file(let off, let e):
+            return "cannot read guest memory from its file at offset \(off): \(String(cString: strerror(e)))"
         }
     }
 }
@@ -26,13 +30,38 @@ public final class MemoryRegion: @unchecked Sendable {
     let dirty: UnsafeMutablePointer<UInt64>
     public let bitmapWords: Int
 
+    /// The file this region is mapped from (its own descriptor) and where in it, when its
+    /// pages fault in from a snapshot; nil for anonymous memory.
+    public let backing: (fd: Int32, offset: UInt64)?
+
     public var pageCount: Int { Int(size / MemoryMap.pageSize) }
     public var end: UInt64 { start.raw + size }
 
-    init(start: GuestAddress, size: UInt64, slot: UInt32) throws(MemoryError) {
-        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        guard let p, p != MAP_FAILED else { throw .allocation(size: size, errno: errno) }
+    /// Anonymous memory, or — with `file` — memory that starts as `file`'s bytes at `offset`.
+    init(start: GuestAddress, size: UInt64, slot: UInt32, file: (MemoryFile, UInt64)? = nil) throws(MemoryError) {
+        var backing: (fd: Int32, offset: UInt64)?
+        let p: UnsafeMutableRawPointer
+        if let (f, offset) = file, f.mode == .mapped {
+            let own = fcntl(f.fd, F_DUPFD_CLOEXEC, 0)
+            guard own >= 0 else { throw .file(offset: offset, errno: errno) }
+            do { p = try Self.mapFile(fd: own, offset: offset, size: size) } catch {
+                close(own)
+                throw error
+            }
+            backing = (own, offset)
+        } else {
+            let a = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            guard let a, a != MAP_FAILED else { throw .allocation(size: size, errno: errno) }
+            p = a
+            if let (f, offset) = file {
+                do { try Self.readFile(fd: f.fd, offset: offset, size: size, into: p) } catch {
+                    munmap(p, Int(size))
+                    throw error
+                }
+            }
+        }
         _ = madvise(p, Int(size), MADV_DONTDUMP)
+        self.backing = backing
         self.start = start
         self.size = size
         self.host = p
@@ -44,6 +73,7 @@ public final class MemoryRegion: @unchecked Sendable {
 
     deinit {
         munmap(host, Int(size))
+        if let b = backing { close(b.fd) }
         dirty.deallocate()
     }
 
@@ -69,12 +99,23 @@ public final class MemoryRegion: @unchecked Sendable {
         return clinux_atomic_xchg64(dirty + word, 0)
     }
 
-    /// Which host pages of this region have ever been touched (resident), via mincore.
-    /// Pages never touched read as zero and need not be scanned.
+    /// Which host pages of this region may hold something other than zeros (bit 0 set): those
+    /// ever touched (resident, via mincore) and, for a region mapped from a file, those whose
+    /// bytes in the file are data rather than a hole. Other pages read as zero and need not be
+    /// scanned.
     public func residentPages() -> [UInt8]? {
         var vec = [UInt8](repeating: 0, count: pageCount)
         let r = vec.withUnsafeMutableBufferPointer { mincore(host, Int(size), $0.baseAddress) }
-        return r == 0 ? vec : nil
+        guard r == 0 else { return nil }
+        if let b = backing {
+            let page = MemoryMap.pageSize
+            for e in FileExtents.data(fd: b.fd, start: b.offset, length: size) {
+                let first = Int((e.offset - b.offset) / page)
+                let last = Int((e.offset - b.offset + e.length + page - 1) / page)
+                for i in first..<min(last, pageCount) { vec[i] |= 1 }
+            }
+        }
+        return vec
     }
 }
 
@@ -83,11 +124,14 @@ public final class GuestMemory: @unchecked Sendable {
     public let map: MemoryMap
     public let regions: [MemoryRegion]
 
-    public init(map: MemoryMap, firstSlot: UInt32 = 0) throws(MemoryError) {
+    /// Guest RAM for `map`: anonymous (zero), or starting as the contents of `file`.
+    public init(map: MemoryMap, firstSlot: UInt32 = 0, file: MemoryFile? = nil) throws(MemoryError) {
         self.map = map
         var regions: [MemoryRegion] = []
+        if let file, file.offsets.count != map.ram.count { throw .file(offset: 0, errno: EINVAL) }
         for (i, r) in map.ram.enumerated() {
-            regions.append(try MemoryRegion(start: r.start, size: r.size, slot: firstSlot + UInt32(i)))
+            let f = file.map { ($0, $0.offsets[i]) }
+            regions.append(try MemoryRegion(start: r.start, size: r.size, slot: firstSlot + UInt32(i), file: f))
         }
         self.regions = regions
     }

@@ -14,6 +14,8 @@ public struct TargetMachineBuilder: Sendable {
     public var nics: [NICConfig]
     public var cpuidDeny: [String]
     public var kvmDevice: String
+    /// The command whose options a refusal names (`recv`, `restore`).
+    public var command = "recv"
 
     public init(name: String? = nil, serial: any SerialSink = FileDescriptorSink(fd: 1), disks: [DiskConfig] = [],
                 nics: [NICConfig] = [], cpuidDeny: [String] = [], kvmDevice: String = "/dev/kvm") {
@@ -30,12 +32,12 @@ public struct TargetMachineBuilder: Sendable {
             case .virtioBlock:
                 guard let vol = d.volume else { throw MigrationError.refused("the guest's disk \(d.stateName) has no volume name") }
                 guard let local = self.disks.first(where: { $0.volume == vol }) else {
-                    throw MigrationError.refused("volume '\(vol)' is missing on the target: pass --disk vol=\(vol),path=FILE to recv")
+                    throw MigrationError.refused("volume '\(vol)' is missing on the target: pass --disk vol=\(vol),path=FILE to \(command)")
                 }
                 disks.append(local)
             case .virtioNet:
                 guard nics.count < self.nics.count else {
-                    throw MigrationError.refused("the guest has a NIC (\(d.stateName)) but recv has no --net for it")
+                    throw MigrationError.refused("the guest has a NIC (\(d.stateName)) but \(command) has no --net for it")
                 }
                 nics.append(self.nics[nics.count])
             case .serial:
@@ -64,12 +66,12 @@ public struct TargetMachineBuilder: Sendable {
             case .virtioBlock:
                 if let vol = d.volume {
                     if !disks.contains(where: { $0.volume == vol }) {
-                        out.append("volume '\(vol)' is missing on the target: pass --disk vol=\(vol),path=FILE to recv")
+                        out.append("volume '\(vol)' is missing on the target: pass --disk vol=\(vol),path=FILE to \(command)")
                     }
                 } else { out.append("the guest's disk \(d.stateName) has no volume name") }
             case .virtioNet:
                 nicCount += 1
-                if nicCount > nics.count { out.append("the guest has a NIC (\(d.stateName)) but recv has no --net for it") }
+                if nicCount > nics.count { out.append("the guest has a NIC (\(d.stateName)) but \(command) has no --net for it") }
             case .serial:
                 break
             }
@@ -78,9 +80,10 @@ public struct TargetMachineBuilder: Sendable {
     }
 
     /// Builds the machine, paused, with guest RAM not yet given to KVM; the device layout must
-    /// come out exactly as the guest's.
-    public func build(_ desc: MachineDescription) throws -> VM {
-        let config = try config(for: desc)
+    /// come out exactly as the guest's. With `memoryFile`, guest RAM starts as that file's bytes.
+    public func build(_ desc: MachineDescription, memoryFile: MemoryFile? = nil) throws -> VM {
+        var config = try config(for: desc)
+        config.memoryFile = memoryFile
         let vm: VM
         do { vm = try VM(config: config) } catch { throw MigrationError.refused("cannot build the machine: \(error)") }
         let mine = vm.devices.all.map(\.stateName)

@@ -110,10 +110,10 @@ final class TargetPreCheck: MigrationStep {
     static func reasons(_ desc: MachineDescription, _ options: ReceiveOptions) -> [String] {
         var out: [String] = []
         if let m = options.expectMemory, m != desc.memorySize {
-            out.append("memory size differs: the guest has \(ByteSize.format(desc.memorySize)), recv --memory is \(ByteSize.format(m))")
+            out.append("memory size differs: the guest has \(ByteSize.format(desc.memorySize)), \(options.machine.command) --memory is \(ByteSize.format(m))")
         }
         if let c = options.expectCPUs, c != desc.cpus {
-            out.append("vCPU count differs: the guest has \(desc.cpus), recv --cpus is \(c)")
+            out.append("vCPU count differs: the guest has \(desc.cpus), \(options.machine.command) --cpus is \(c)")
         }
         do { _ = try MemoryMap(memorySize: desc.memorySize) } catch {
             out.append("guest memory layout cannot be hosted: \(error)")
@@ -141,7 +141,7 @@ final class TargetPreCheck: MigrationStep {
             FileHandle.standardError.write(Data("swiftvmm: warning: the guest's TSC runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)) and KVM here cannot scale it; accepted (--allow-tsc-mismatch): the guest's clock will drift\n".utf8))
             return nil
         }
-        return "TSC rate differs: the guest's runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)), and KVM here cannot scale it (no KVM_CAP_TSC_CONTROL); recv --allow-tsc-mismatch accepts it anyway"
+        return "TSC rate differs: the guest's runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)), and KVM here cannot scale it (no KVM_CAP_TSC_CONTROL); \(options.machine.command) --allow-tsc-mismatch accepts it anyway"
     }
 
     /// A dry run: every check, then the machine built paused and torn down; the verdict goes

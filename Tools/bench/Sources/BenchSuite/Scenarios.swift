@@ -28,7 +28,7 @@ extension Scenario {
 /// Every scenario, in the order they run and are reported.
 public let allScenarios: [any Scenario] = [
     Startup(), Rss(), MigrateIdle(), MigrateRandom(), MigrateDirty(), Blk(), Net(), BlkPattern(), MigrateDirtyRaw(),
-    MigrateRandomSealed(), MigrateDirtySealed(),
+    MigrateRandomSealed(), MigrateDirtySealed(), SaveSnapshot(), RestoreSnapshot(),
 ]
 
 let MiB = 1 << 20
