@@ -59,6 +59,7 @@ enum SectionsTarget {
         case .go: _ = try? s.message(Go.self)
         case .running: _ = try? s.message(Running.self)
         case .progress: _ = try? s.message(RoundProgress.self)
+        case .verdict: _ = try? s.message(DryRunVerdict.self)
         case .config:
             if let node = try? FDTCodec.decode(s.payload) { _ = try? MachineDescription(node: node) }
         case .state: StateTarget.run(s.payload)
