@@ -71,6 +71,20 @@ struct BenchSuiteTests {
         #expect(v.warnings.contains { $0.contains(why) })
     }
 
+    @Test("a scenario marked swiftvmm_only may skip its QEMU column; an unmarked one may not")
+    func swiftvmmOnlyScenario() throws {
+        let skipped = JSON.object(["skipped": .string("not measured")])
+        var marked = Self.results(swiftvmm: Self.figures(25, 65), qemu: skipped)
+        guard case .object(var root) = marked, case .object(var scs)? = root["scenarios"], case .object(var sc)? = scs["startup"] else {
+            Issue.record("unexpected results shape"); return
+        }
+        sc["params"] = .object(["swiftvmm_only": .bool(true)])
+        scs["startup"] = .object(sc); root["scenarios"] = .object(scs); marked = .object(root)
+        let v = SmokeCheck.validate(marked, expected: ["startup"])
+        #expect(v.passed && v.warnings.contains { $0.contains("swiftvmm only") })
+        #expect(!SmokeCheck.validate(Self.results(swiftvmm: Self.figures(25, 65), qemu: skipped), expected: ["startup"]).passed)
+    }
+
     @Test("medians, min–max and ratios as the Python runner computed them; results.md cells")
     func summaryAndMarkdown() throws {
         let s = Summary.summarize([.int(3), .int(1), .null, .int(2)])

@@ -17,6 +17,7 @@ public enum SmokeCheck {
     ///   a skip, a missing figure or any failed run is a problem.
     /// - QEMU column (unless `--side swiftvmm`): every figure present, unless `qemuUnavailable`
     ///   says why QEMU could not be had (then a warning); a failed run among good ones is a warning.
+    /// - A scenario marked `swiftvmm_only` in its parameters may skip its QEMU column (a warning).
     /// - A scenario skipped as a whole, or missing, is a problem.
     public static func validate(_ results: JSON, expected: [String], qemuUnavailable: String? = nil,
                                 sides: BenchOptions.Sides = .both) -> Verdict {
@@ -37,7 +38,9 @@ public enum SmokeCheck {
                 v.problems += check(name, "swiftvmm", sc["swiftvmm"], metrics, failedRunsAreProblems: true).problems
             }
             if sides != .swiftvmm {
-                if let why = qemuUnavailable {
+                if sc["params"]?["swiftvmm_only"] != nil, sc["qemu"]?["skipped"] != nil {
+                    v.warnings.append("\(name): swiftvmm only, no QEMU column")
+                } else if let why = qemuUnavailable {
                     if sc["qemu"]?["skipped"] != nil {
                         v.warnings.append("\(name): QEMU column skipped: \(why)")
                     } else {

@@ -48,7 +48,8 @@ struct SaveSnapshot: Scenario {
     let extra = true
 
     func params(_ env: BenchEnvironment) -> JSONObject {
-        ["image": .string(snapshotGuest.image), "memory": .string(snapshotGuest.memory), "cmdline": .string(snapshotGuest.cmdline)]
+        ["image": .string(snapshotGuest.image), "memory": .string(snapshotGuest.memory), "cmdline": .string(snapshotGuest.cmdline),
+         "swiftvmm_only": .bool(true)]
     }
 
     func run(_ env: BenchEnvironment, side: Side, index: Int) throws -> JSONObject {
@@ -68,7 +69,8 @@ struct RestoreSnapshot: Scenario {
     let extra = true
 
     func params(_ env: BenchEnvironment) -> JSONObject {
-        ["image": .string(snapshotGuest.image), "memory": .string(snapshotGuest.memory), "cmdline": .string(snapshotGuest.cmdline)]
+        ["image": .string(snapshotGuest.image), "memory": .string(snapshotGuest.memory), "cmdline": .string(snapshotGuest.cmdline),
+         "swiftvmm_only": .bool(true)]
     }
 
     func run(_ env: BenchEnvironment, side: Side, index: Int) throws -> JSONObject {
