@@ -31,6 +31,10 @@ public final class ControlServer: @unchecked Sendable {
     private var stopped = false
     private var clients = 0
     private var nextClient = 0
+    /// Requests being answered: a command that ends the process (`quit`) returns before its
+    /// reply is written, and the process waits for it (`waitForReplies`).
+    private let replies = NSCondition()
+    private var inFlight = 0
 
     /// Binds `path` (replacing a stale socket; refusing a live one) and serves on background threads.
     /// `closed` learns when a client hung up; `events` go to every negotiated client.
@@ -124,26 +128,38 @@ public final class ControlServer: @unchecked Sendable {
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
             for frame in framer.feed(chunk[0..<n]) {
-                switch frame {
-                case .message(let text): guard c.write(reply(to: text, from: c)) else { return }
-                case .tooLong:
-                    _ = c.write(QMPError.generic("request longer than \(Self.maxLine) bytes").json())
-                    return
-                case .tooDeep:
-                    _ = c.write(QMPError.generic("JSON parse error, nested deeper than \(QMPFramer.maxDepth)").json())
+                if let refusal = QMPFramer.refusal(frame, maxBytes: Self.maxLine) {
+                    _ = c.write(refusal.json())
                     return
                 }
+                if case .message(let text) = frame { guard answer(text, on: c) else { return } }
             }
         }
     }
 
+    /// Answers one request; false when the client is gone.
+    private func answer(_ text: [UInt8], on c: QMPConnection) -> Bool {
+        replies.withLock { inFlight += 1 }
+        defer { replies.withLock { inFlight -= 1; replies.broadcast() } }
+        return c.write(reply(to: text, from: c))
+    }
+
+    /// Waits (at most `timeout` s) until every request being answered has had its reply written.
+    public func waitForReplies(timeout: Double) {
+        let deadline = Date().addingTimeInterval(timeout)
+        replies.lock()
+        while inFlight > 0 && Date() < deadline { _ = replies.wait(until: deadline) }
+        replies.unlock()
+    }
+
     /// The reply to one request: capabilities negotiation first, then the handler.
     private func reply(to line: [UInt8], from c: QMPConnection) -> [String: Any] {
-        let object: [String: Any]
-        do throws(QMPError) { object = try QMP.Request.object(line) } catch { return error.json() }
-        let id = object["id"]
+        let (id, parsed) = QMP.Request.parse(line)
         let request: QMP.Request
-        do throws(QMPError) { request = try QMP.Request(object) } catch { return error.json(id: id) }
+        switch parsed {
+        case .success(let r): request = r
+        case .failure(let error): return error.json(id: id)
+        }
         let result: Result<Any, QMPError>
         switch (request.command, c.negotiated) {
         case ("qmp_capabilities", false):

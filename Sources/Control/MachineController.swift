@@ -21,6 +21,8 @@ public final class MachineController: @unchecked Sendable {
     /// The source migration's bookkeeping (see `MachineController+Migration`).
     var outgoing = Outgoing()
     var quitRequested = false
+    /// The monitor serving this controller (weak: the server's handler holds the controller).
+    private weak var server: ControlServer?
     /// QMP's status of the incoming migration, as last announced.
     private var incomingStatus: String?
 
@@ -61,15 +63,21 @@ public final class MachineController: @unchecked Sendable {
 
     /// Serves the QMP monitor at `path` for this controller.
     public func serve(at path: String) throws -> ControlServer {
-        try ControlServer(path: path, events: events, handler: { [self] client, name, args in
+        let server = try ControlServer(path: path, events: events, handler: { [self] client, name, args in
             do throws(QMPError) { return self.handle(try ControlCommand(name: name, arguments: args), client: client) } catch {
                 return .failure(error)
             }
         }, closed: { [self] client in self.clientClosed(client) })
+        lock.withLock { self.server = server }
+        return server
     }
 
-    /// Lets the last events (SHUTDOWN) reach the clients before the process exits.
-    public func finish() { events.flush(timeout: 2) }
+    /// Lets the replies being written (`quit`'s) and the last events (SHUTDOWN) reach the
+    /// clients before the process exits.
+    public func finish() {
+        lock.withLock({ server })?.waitForReplies(timeout: 2)
+        events.flush(timeout: 2)
+    }
 
     /// Runs one command for `client`; `migrate` starts the migration and returns.
     public func handle(_ command: ControlCommand, client: Int = 0) -> Result<Any, QMPError> {
@@ -167,9 +175,9 @@ public final class MachineController: @unchecked Sendable {
 
     private func dumpState(_ path: String) -> Result<Any, QMPError> {
         guard let vm else { return .failure(.generic("x-swiftvmm-dump-state needs a running guest")) }
-        guard vm.pause() else { return .failure(.generic("the guest stopped")) }
-        vm.devices.quiesce()
-        defer { vm.devices.unquiesce(); vm.resume() }
+        let wasPaused = vm.isPaused
+        guard vm.freeze() else { return .failure(.generic("the guest stopped")) }
+        defer { vm.thaw(resume: !wasPaused) }
         do {
             let blob = try FDTCodec.encode(try vm.saveMachineState())
             guard FileManager.default.createFile(atPath: path, contents: Data(blob)) else {

@@ -34,6 +34,13 @@ public enum QMP {
         let command: String
         let arguments: [String: Any]
 
+        /// One framed message as a request, with its `id` (echoed in any reply, an error too).
+        static func parse(_ text: [UInt8]) -> (id: Any?, request: Result<Request, QMPError>) {
+            let object: [String: Any]
+            do throws(QMPError) { object = try Request.object(text) } catch { return (nil, .failure(error)) }
+            do throws(QMPError) { return (object["id"], .success(try Request(object))) } catch { return (object["id"], .failure(error)) }
+        }
+
         /// Parses one line; what is not a JSON object is an error without an `id`.
         static func object(_ line: [UInt8]) throws(QMPError) -> [String: Any] {
             let parsed: Any

@@ -12,6 +12,15 @@ struct QMPFramer {
     }
 
     static let maxDepth = 1024
+
+    /// The reply to a frame that ends the connection (nil for a message).
+    static func refusal(_ frame: Frame, maxBytes: Int) -> QMPError? {
+        switch frame {
+        case .message: return nil
+        case .tooLong: return .generic("request longer than \(maxBytes) bytes")
+        case .tooDeep: return .generic("JSON parse error, nested deeper than \(maxDepth)")
+        }
+    }
     let maxBytes: Int
     private var pending: [UInt8] = []
     private var depth = 0

@@ -149,6 +149,22 @@ public final class VM: @unchecked Sendable {
     public func pause() -> Bool { runner.pause() }
     public func resume() { runner.resume() }
     public var isPaused: Bool { runner.isPaused }
+
+    /// Holds the machine still for a capture of its state (a migration's stop-and-copy, a save,
+    /// a state dump): vCPUs paused at a safe point, then every device quiesced with no request
+    /// in flight. False when the machine stopped instead.
+    public func freeze() -> Bool {
+        guard pause() else { return false }
+        devices.quiesce()
+        return true
+    }
+
+    /// Undoes `freeze()`: devices first, then — unless `resume` is false (a guest its user had
+    /// paused stays paused) — the vCPUs.
+    public func thaw(resume: Bool = true) {
+        devices.unquiesce()
+        if resume { self.resume() }
+    }
     /// Calls `observer` whenever the guest pauses, resumes or stops (see `VCPURunner.observe`).
     public func observeRunState(_ observer: @escaping @Sendable (VCPURunner.RunStateChange) -> Void) { runner.observe(observer) }
     /// The kernel thread id of each vCPU's thread (0 when it is not running).

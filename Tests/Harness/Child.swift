@@ -147,6 +147,13 @@ public final class Child: @unchecked Sendable {
     @discardableResult
     public func waitForStderr(_ text: String, timeout: Double = 60) -> Bool { err.waitFor(text, timeout: timeout) }
 
+    /// Waits until stdout holds at least two more `marker`s than now (one more could be a line
+    /// already on its way): the guest is alive and making progress.
+    public func printsAgain(_ marker: String = "HEARTBEAT", timeout: Double = 30) -> Bool {
+        let before = stdout.components(separatedBy: marker).count
+        return waitUntilStdout(timeout: timeout) { $0.components(separatedBy: marker).count > before + 1 }
+    }
+
     /// Waits until `predicate` holds for stdout.
     public func waitUntilStdout(timeout: Double = 60, _ predicate: (String) -> Bool) -> Bool {
         out.waitUntil(timeout: timeout, predicate)

@@ -23,22 +23,22 @@ struct SoakSuiteTests {
     }
 
     /// A disk image holding writes 1…`last` of the soak guest (each block its newest write).
-    static func image(blocks: Int, last: Int, extra: [Int] = []) throws -> (SoakDisk, URL) {
+    static func image(blocks: Int, last: Int, extra: [Int] = []) throws -> (BlktestImage, URL) {
         let url = try Paths.tempDirectory(prefix: "soak-test").appendingPathComponent("disk.img")
-        var data = Data(count: blocks * SoakDisk.blockSize)
+        var data = Data(count: blocks * BlktestImage.blockSize)
         let newest = last >= 1 ? Array(max(1, last - blocks + 1)...last) : []
         for s in newest + extra {
             let b = s % blocks
-            data.replaceSubrange(b * SoakDisk.blockSize..<(b + 1) * SoakDisk.blockSize, with: block(b, seq: s))
+            data.replaceSubrange(b * BlktestImage.blockSize..<(b + 1) * BlktestImage.blockSize, with: block(b, seq: s))
         }
         try data.write(to: url)
-        return (SoakDisk(path: url.path, blocks: blocks), url)
+        return (BlktestImage(path: url.path, blocks: blocks), url)
     }
 
     /// Block `b` with sequence `s` in blktest's format.
     static func block(_ b: Int, seq s: Int) -> Data {
         var w = [UInt64](repeating: 0, count: 512)
-        w[0] = SoakDisk.magic
+        w[0] = BlktestImage.magic
         w[1] = UInt64(b)
         w[2] = UInt64(s)
         w[3] = 4096
@@ -53,7 +53,7 @@ struct SoakSuiteTests {
     static func overwrite(_ url: URL, block b: Int, with data: Data) throws {
         let h = try FileHandle(forWritingTo: url)
         defer { try? h.close() }
-        try h.seek(toOffset: UInt64(b * SoakDisk.blockSize))
+        try h.seek(toOffset: UInt64(b * BlktestImage.blockSize))
         h.write(data)
     }
 
@@ -75,7 +75,7 @@ struct SoakSuiteTests {
     func diskProblems() throws {
         let (disk, url) = try Self.image(blocks: 8, last: 21)
         defer { try? FileManager.default.removeItem(at: url.deletingLastPathComponent()) }
-        try Self.overwrite(url, block: 5, with: Data(count: SoakDisk.blockSize))
+        try Self.overwrite(url, block: 5, with: Data(count: BlktestImage.blockSize))
         #expect(try disk.check(lastSeq: 21, final: false).contains { $0.contains("block 5: empty, expected seq 21") })
         try Self.overwrite(url, block: 5, with: Self.block(5, seq: 13))
         #expect(try disk.check(lastSeq: 21, final: false).contains { $0.contains("block 5: holds seq 13, expected seq 21") })

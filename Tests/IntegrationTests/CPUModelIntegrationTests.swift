@@ -65,9 +65,7 @@ extension CPUModelIntegrationTests {
     /// older CPU would lack it.
     static func offeredBeyondGeneric() throws -> (spec: String, named: String) {
         let offer = try CPUIDGuestTests.offer()
-        let m = try runSwiftVMM(["cpu-features", "--model", "generic"])
-        let obj = try #require(try JSONSerialization.jsonObject(with: Data(m.stdout.utf8)) as? [String: Any])
-        let generic = try #require(obj["features"] as? [String: Any]).compactMapValues { ($0 as? NSNumber)?.uint32Value }
+        let generic = try CPUIDGuestTests.features(["cpu-features", "--model", "generic"])
         for key in offer.keys.sorted() where key != "0x40000001.0.eax" {
             let extra = (offer[key] ?? 0) & ~(generic[key] ?? 0)
             if let bit = (0..<32).first(where: { extra & (1 << UInt32($0)) != 0 }) { return ("\(key.dropLast(4)).\(key.suffix(3)):\(bit)", "\(key) bit \(bit)") }
@@ -101,9 +99,12 @@ extension CPUModelIntegrationTests {
 @Suite("CPUID seen from inside the guest", .serialized)
 struct CPUIDGuestTests {
     /// This host's offer as feature words ("0x1.0.ecx" → bits).
-    static func offer() throws -> [String: UInt32] {
-        let r = try runSwiftVMM(["cpu-features", "--json"])
-        let obj = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+    static func offer() throws -> [String: UInt32] { try features(["cpu-features", "--json"]) }
+
+    /// The feature words of the model `swiftvmm ARGUMENTS` prints (`cpu-features --json`, `--model NAME`).
+    static func features(_ arguments: [String]) throws -> [String: UInt32] {
+        let r = try runSwiftVMM(arguments)
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stderr)")
         let f = try #require(obj["features"] as? [String: Any])
         return f.compactMapValues { ($0 as? NSNumber).map { UInt32(truncatingIfNeeded: $0.uint64Value) } }
     }
@@ -137,9 +138,7 @@ struct CPUIDGuestTests {
     func genericModelSeenInside() throws {
         let offer = try Self.offer()
         let leaves = try Self.guestLeaves(["--cpu-model", "generic"])
-        let m = try runSwiftVMM(["cpu-features", "--model", "generic"])
-        let obj = try #require(try JSONSerialization.jsonObject(with: Data(m.stdout.utf8)) as? [String: Any], "\(m.stderr)")
-        let model = try #require(obj["features"] as? [String: Any]).compactMapValues { ($0 as? NSNumber)?.uint32Value }
+        let model = try Self.features(["cpu-features", "--model", "generic"])
         #expect(model.count == 9)
         for (key, bits) in model where !(Self.pvm && Self.pvmPassesThrough(key)) {
             let seen = try #require(Self.reg(leaves, key), "\(key) missing")

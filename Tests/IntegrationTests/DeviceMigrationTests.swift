@@ -10,30 +10,6 @@ import Testing
 struct DeviceMigrationTests {
     static let blocks = 64
 
-    /// The sequence number block `b` must hold after writes 1…`last` of `blktest loop`.
-    static func expectedSeq(block b: Int, last: Int) -> Int? {
-        guard last >= 1 else { return nil }
-        // Writes s = 1, 2, … go to block s mod blocks; the latest one ≤ last for this block:
-        var s = last - ((last - b) % blocks + blocks) % blocks
-        if s < 1 { s = 0 }
-        return s >= 1 ? s : nil
-    }
-
-    /// Reads (block number, sequence) of every written block; nil for an all-zero block.
-    static func readSeqs(_ path: String) throws -> [Int?] {
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        return (0..<blocks).map { b -> Int? in
-            let off = b * 4096
-            let w = data.subdata(in: off..<(off + 4096)).withUnsafeBytes { Array($0.bindMemory(to: UInt64.self)) }
-            if w.allSatisfy({ $0 == 0 }) { return nil }
-            guard w[0] == 0x314B_4C42_4D56_5753, w[1] == UInt64(b), w[3] == 4096 else { return -1 }
-            var h: UInt64 = 0xCBF2_9CE4_8422_2325
-            for x in w.dropLast() { h = (h ^ x) &* 0x100_0000_01B3 }
-            guard h == w[511] else { return -2 }
-            return Int(w[2])
-        }
-    }
-
     @Test("blktest keeps writing through a migration; the image holds every acknowledged write, in sequence")
     func diskWritesSurviveMigration() throws {
         let rig = try MigrationRig()
@@ -61,21 +37,14 @@ struct DeviceMigrationTests {
 
         // The console continues on the target exactly where the source left it (a line may
         // straddle the move); a last line cut short by SIGTERM is not an acknowledgement.
-        var console = src.stdout + dst.stdout
-        if let nl = console.lastIndex(of: "\n") { console = String(console[...nl]) }
-        let seqs = console.split(separator: "\n").compactMap { $0.hasPrefix("SEQ ") ? Int($0.dropFirst(4)) : nil }
+        let seqs = BlktestImage.acknowledged([src.stdout, dst.stdout])
         let last = try #require(seqs.last)
         #expect(seqs == Array(1...last), "the guest's acknowledged writes are not one unbroken sequence across the move")
         #expect(!src.stdout.contains("FAIL") && !dst.stdout.contains("FAIL"))
-        let onDisk = try Self.readSeqs(image)
-        for b in 0..<Self.blocks {
-            let want = Self.expectedSeq(block: b, last: last)
-            let got = onDisk[b]
-            // One write may have completed after the last SEQ line was printed: then the block
-            // holds the next sequence number for it.
-            let ok = got == want || (got.map { $0 == (want ?? 0) + (want == nil ? b : Self.blocks) && $0 == last + 1 } ?? false)
-            #expect(ok, "block \(b): on disk seq \(String(describing: got)), expected \(String(describing: want)) (last acknowledged \(last))")
-        }
+        // Every block holds the newest acknowledged write for it (or the one write that may
+        // have completed after the last SEQ line was printed).
+        let problems = try BlktestImage(path: image, blocks: Self.blocks).check(lastSeq: last, final: true)
+        #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")
     }
 
     @Test("a guest with a disk is refused by a target that lacks its volume, before memory moves")

@@ -8,12 +8,6 @@ import Testing
 struct DryRunTests {
     static let guest = "size=16M heartbeat-ms=200 passes=20000"
 
-    func heartbeatsGoOn(_ src: Child, sourceLocation: SourceLocation = #_sourceLocation) {
-        let before = src.stdout.components(separatedBy: "HEARTBEAT").count
-        #expect(src.waitUntilStdout(timeout: 30) { $0.components(separatedBy: "HEARTBEAT").count > before + 1 },
-                "the guest stopped on the source", sourceLocation: sourceLocation)
-    }
-
     @Test("an eligible guest: `eligible`, exit 0, recv's status counts the dry run, then the real migration to the same recv succeeds")
     func eligibleThenRealMigration() throws {
         let rig = try MigrationRig()
@@ -23,7 +17,7 @@ struct DryRunTests {
         let (dst, dstAPI) = try rig.target(listen: listen)
         let d = try rig.send(api, to: listen, extra: ["--dry-run"])
         #expect(d.status == 0 && d.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "eligible", "\(d.stdout)\n\(d.stderr)\n\(dst.transcript)")
-        heartbeatsGoOn(src)
+        #expect(src.printsAgain(), "the guest stopped on the source")
         #expect(dst.isRunning && !dst.stdout.contains("HEARTBEAT"))
         let st = control(dstAPI, "query-migrate")
         #expect(st.contains("\"dry_runs\":1") && st.contains("eligible"), "\(st)")
@@ -49,7 +43,7 @@ struct DryRunTests {
             #expect(d.stdout.contains(reason), "\(reason) not in \(d.stdout)")
         }
         #expect(d.stdout.split(separator: "\n").filter { $0.hasPrefix("  - ") }.count == 4, "\(d.stdout)")
-        heartbeatsGoOn(src)
+        #expect(src.printsAgain(), "the guest stopped on the source")
         #expect(dst.waitForStderr("dry run from", timeout: 10) && dst.isRunning, "\(dst.stderr)")
     }
 

@@ -38,12 +38,6 @@ struct MigrationFailureTests {
         return (src, api, dst, sender)
     }
 
-    /// The guest is still alive on the source: a new heartbeat after `mark`.
-    func heartbeatsAfter(_ c: Child, timeout: Double = 30) -> Bool {
-        let before = c.stdout.components(separatedBy: "HEARTBEAT").count
-        return c.waitUntilStdout(timeout: timeout) { $0.components(separatedBy: "HEARTBEAT").count > before + 1 }
-    }
-
     @Test("cancel during pre-copy: guest keeps running on the source, target exits non-zero, a new recv then succeeds")
     func cancelDuringPrecopyKeepsGuestRunningOnSource() throws {
         let rig = try MigrationRig()
@@ -54,7 +48,7 @@ struct MigrationFailureTests {
         #expect(sender.stderr.contains("cancel"), "\(sender.stderr)")
         #expect(dst.wait(timeout: 30).map { $0 != 0 } == true, "\(dst.transcript)")
         #expect(!dst.stdout.contains("HEARTBEAT"), "the target ran the guest")
-        #expect(heartbeatsAfter(src), "guest stopped on the source\n\(src.transcript)")
+        #expect(src.printsAgain(), "guest stopped on the source\n\(src.transcript)")
         // The same guest can still migrate.
         let listen2 = "unix:" + rig.path("m2.sock")
         let (dst2, _) = try rig.target(listen: listen2)
@@ -83,7 +77,7 @@ struct MigrationFailureTests {
         let c = try runSwiftVMM(["cancel", api])
         #expect(c.status == 0, "\(c.stderr)")
         #expect(sender.wait(timeout: 30).map { $0 != 0 } == true, "\(sender.transcript)")
-        #expect(heartbeatsAfter(src), "\(src.transcript)")
+        #expect(src.printsAgain(), "\(src.transcript)")
         #expect(src.waitFor("PASS", timeout: 120))
     }
 
@@ -101,7 +95,7 @@ struct MigrationFailureTests {
         #expect(sender.wait(timeout: 30).map { $0 != 0 } == true)
         #expect(dst.wait(timeout: 30).map { $0 != 0 } == true)
         #expect(!dst.stdout.contains("HEARTBEAT"))
-        #expect(heartbeatsAfter(src), "\(src.transcript)")
+        #expect(src.printsAgain(), "\(src.transcript)")
         #expect(src.waitFor("PASS", timeout: 120))
         #expect(!src.stdout.contains("FAIL"))
     }
@@ -112,7 +106,7 @@ struct MigrationFailureTests {
         let (src, _, dst, sender) = try slowMigrationInPrecopy(rig)
         dst.signal(SIGKILL)
         #expect(sender.wait(timeout: 30).map { $0 != 0 } == true, "\(sender.transcript)")
-        #expect(heartbeatsAfter(src), "\(src.transcript)")
+        #expect(src.printsAgain(), "\(src.transcript)")
         #expect(src.waitFor("PASS", timeout: 120))
         #expect(!src.stdout.contains("FAIL"))
     }
@@ -141,7 +135,7 @@ struct MigrationFailureTests {
         #expect(s.stderr.contains("did not converge"), "\(s.stderr)")
         #expect(s.stderr.split(separator: "\n").count == 1, "\(s.stderr)")
         #expect(dst.wait(timeout: 30).map { $0 != 0 } == true, "\(dst.transcript)")
-        #expect(heartbeatsAfter(src), "\(src.transcript)")
+        #expect(src.printsAgain(), "\(src.transcript)")
         #expect(src.waitFor("PASS", timeout: 120))
     }
 
@@ -187,8 +181,7 @@ struct MigrationRefusalTests {
         #expect(dstErrors.count == 1 && dstErrors[0].contains(mentions), "recv: \(dst.stderr)", sourceLocation: sourceLocation)
         #expect(!dst.stdout.contains("HEARTBEAT"), sourceLocation: sourceLocation)
         // Nothing moved: the guest runs on.
-        let before = src.stdout.components(separatedBy: "HEARTBEAT").count
-        #expect(src.waitUntilStdout(timeout: 30) { $0.components(separatedBy: "HEARTBEAT").count > before + 1 },
+        #expect(src.printsAgain(),
                 "the guest stopped on the source", sourceLocation: sourceLocation)
     }
 
@@ -206,8 +199,7 @@ struct MigrationRefusalTests {
         #expect(s.stderr.split(separator: "\n").count == 1 && s.stderr.contains(mentions), "send: \(s.stderr)", sourceLocation: sourceLocation)
         #expect(dst.waitForStderr("still waiting", timeout: 30), "recv: \(dst.stderr)", sourceLocation: sourceLocation)
         #expect(dst.stderr.contains("refused a source") && dst.isRunning, "recv: \(dst.stderr)", sourceLocation: sourceLocation)
-        let before = src.stdout.components(separatedBy: "HEARTBEAT").count
-        #expect(src.waitUntilStdout(timeout: 30) { $0.components(separatedBy: "HEARTBEAT").count > before + 1 },
+        #expect(src.printsAgain(),
                 "the guest stopped on the source", sourceLocation: sourceLocation)
     }
 

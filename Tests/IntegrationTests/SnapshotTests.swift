@@ -100,25 +100,17 @@ struct SnapshotTests {
         // The user's half of the bargain: a copy of the image taken while the guest is stopped.
         let copy = rig.path("disk-at-save.img")
         try FileManager.default.copyItem(atPath: image, toPath: copy)
-        var lastOnSource = src.stdout.split(separator: "\n").compactMap { $0.hasPrefix("SEQ ") ? Int($0.dropFirst(4)) : nil }.last ?? 0
+        let lastOnSource = src.stdout.split(separator: "\n").compactMap { $0.hasPrefix("SEQ ") ? Int($0.dropFirst(4)) : nil }.last ?? 0
         let dst = try Self.restore(file, ["--disk", "vol=data,path=\(copy)"])
         #expect(dst.waitFor("SEQ \(lastOnSource + 300)\n", timeout: 60), "\(dst.transcript)")
         dst.signal(SIGTERM)
         #expect(dst.wait(timeout: 30) == 0)
-        var console = src.stdout + dst.stdout
-        if let nl = console.lastIndex(of: "\n") { console = String(console[...nl]) }
-        let seqs = console.split(separator: "\n").compactMap { $0.hasPrefix("SEQ ") ? Int($0.dropFirst(4)) : nil }
+        let seqs = BlktestImage.acknowledged([src.stdout, dst.stdout])
         let last = try #require(seqs.last)
         #expect(seqs == Array(1...last), "the acknowledged writes are not one unbroken sequence across save and restore")
         #expect(!src.stdout.contains("FAIL") && !dst.stdout.contains("FAIL"), "\(dst.transcript)")
-        lastOnSource = last
-        let onDisk = try DeviceMigrationTests.readSeqs(copy)
-        for b in 0..<blocks {
-            let want = DeviceMigrationTests.expectedSeq(block: b, last: lastOnSource)
-            let got = onDisk[b]
-            let ok = got == want || (got.map { $0 == (want ?? 0) + (want == nil ? b : blocks) && $0 == lastOnSource + 1 } ?? false)
-            #expect(ok, "block \(b): on disk seq \(String(describing: got)), expected \(String(describing: want))")
-        }
+        let problems = try BlktestImage(path: copy, blocks: blocks).check(lastSeq: last, final: true)
+        #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")
     }
 
     @Test("smp.elf with 2 vCPUs saved and restored PASSes on both vCPUs")

@@ -53,6 +53,23 @@ private func packetSocket(_ interface: String) throws -> Int32 {
 }
 
 /// An IPv4/UDP frame to `mac` from source port `port` (distinct ports are distinct flows).
+/// Sets `tap` up with IPv6 off, so that no router solicitation or MLD frame reaches the NICs.
+private func bringUpQuietly(_ tap: String, in ns: Namespace) throws {
+    try ns.inside {
+        let fd = open("/proc/sys/net/ipv6/conf/\(tap)/disable_ipv6", O_WRONLY)
+        if fd >= 0 { _ = write(fd, "1", 1); close(fd) }
+    }
+    try Namespace.run(["-n", ns.name, "link", "set", tap, "up"])
+}
+
+/// One UDP frame to `mac` per port, sent on the packet socket `fd`.
+private func sendFrames(_ fd: Int32, to mac: [UInt8], ports: [UInt16]) {
+    for port in ports {
+        let frame = udpFrame(to: mac, port: port)
+        _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+    }
+}
+
 private func udpFrame(to mac: [UInt8], port: UInt16) -> [UInt8] {
     var f = mac + [0x02, 0, 0, 0, 0, 9] + [0x08, 0x00]
     f += [0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2]
@@ -74,12 +91,7 @@ struct VirtioNetTAPTests {
         }
         defer { source.shutdown(); target.shutdown() }
         #expect(source.multiQueue && target.multiQueue)
-        // No IPv6 chatter (router solicitations, MLD) from the host side: only our frames arrive.
-        try ns.inside {
-            let fd = open("/proc/sys/net/ipv6/conf/\(tap)/disable_ipv6", O_WRONLY)
-            if fd >= 0 { _ = write(fd, "1", 1); close(fd) }
-        }
-        try Namespace.run(["-n", ns.name, "link", "set", tap, "up"])
+        try bringUpQuietly(tap, in: ns)
         let driver = VirtioTestDriver(memory: memory, device: source)
         driver.initialize(queueSizes: [256, 16])
         for _ in 0..<128 { driver.submit(0, [(driver.allocate(2048), 2048, true)]) }
@@ -89,19 +101,13 @@ struct VirtioNetTAPTests {
         #expect(target.queueDetached)
         let fd = try ns.inside { try packetSocket(tap) }
         defer { close(fd) }
-        for port in 0..<40 {
-            let frame = udpFrame(to: mac, port: UInt16(1000 + port))
-            _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-        }
+        sendFrames(fd, to: mac, ports: (0..<40).map { port in UInt16(1000 + port) })
         #expect(VirtioTestDriver.eventually { source.counters.rxFrames == 40 }, "source got \(source.counters.rxFrames) of 40")
 
         // Unquiesced, it takes its share again (flows are spread over both queues).
         target.unquiesce()
         #expect(!target.queueDetached)
-        for port in 0..<40 {
-            let frame = udpFrame(to: mac, port: UInt16(5000 + port * 7))
-            _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-        }
+        sendFrames(fd, to: mac, ports: (0..<40).map { port in UInt16(5000 + port * 7) })
         usleep(300_000)                      // a window for frames to reach either queue
         #expect(source.counters.rxFrames < 80, "every flow still went to the source")
 
@@ -122,11 +128,7 @@ struct VirtioNetTAPTests {
              try makeNet(tap: tap, mac: mac, memory: targetMemory, base: GuestAddress(0xd000_0000), interrupt: CountingInterrupt()))
         }
         defer { source.shutdown(); target.shutdown() }
-        try ns.inside {
-            let fd = open("/proc/sys/net/ipv6/conf/\(tap)/disable_ipv6", O_WRONLY)
-            if fd >= 0 { _ = write(fd, "1", 1); close(fd) }
-        }
-        try Namespace.run(["-n", ns.name, "link", "set", tap, "up"])
+        try bringUpQuietly(tap, in: ns)
         let sourceDriver = VirtioTestDriver(memory: memory, device: source)
         sourceDriver.initialize(queueSizes: [256, 16])
         for _ in 0..<64 { sourceDriver.submit(0, [(sourceDriver.allocate(2048), 2048, true)]) }
@@ -143,10 +145,7 @@ struct VirtioNetTAPTests {
         for _ in 0..<64 { targetDriver.submit(0, [(targetDriver.allocate(2048), 2048, true)]) }
         let fd = try ns.inside { try packetSocket(tap) }
         defer { close(fd) }
-        for port in 0..<40 {
-            let frame = udpFrame(to: mac, port: UInt16(2000 + port * 13))
-            _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-        }
+        sendFrames(fd, to: mac, ports: (0..<40).map { port in UInt16(2000 + port * 13) })
         #expect(VirtioTestDriver.eventually { target.counters.rxFrames == 40 }, "target got \(target.counters.rxFrames) of 40")
         // The guest resumes on the source after all (an in-doubt hand-off, `cont`): queue back.
         source.unquiesce()

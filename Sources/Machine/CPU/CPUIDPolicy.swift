@@ -9,6 +9,14 @@ public enum CPUIDPolicy {
         (0xd, 1, "eax"), (0x8000_0001, 0, "ecx"), (0x8000_0001, 0, "edx"), (0x4000_0001, 0, "eax"),
     ]
 
+    /// The key of a feature register in feature words and model files ("0x7.0.ebx").
+    public static func featureKey(_ leaf: UInt32, _ index: UInt32, _ reg: String) -> String {
+        "0x" + String(leaf, radix: 16) + "." + String(index) + "." + reg
+    }
+
+    /// Every feature register's key, in `featureRegisters` order.
+    public static var featureKeys: [String] { featureRegisters.map { featureKey($0.leaf, $0.index, $0.reg) } }
+
     /// Bits in leaf 1 ECX the VMM does not emulate or must not advertise.
     static let leaf1ECXClear: UInt32 = (1 << 3)   // MONITOR/MWAIT
         | (1 << 5)                                  // VMX (no nested virtualisation)
@@ -48,7 +56,7 @@ public enum CPUIDPolicy {
         for (leaf, index, reg) in featureRegisters {
             guard let e = table.first(where: { $0.function == leaf && (!$0.indexSignificant || $0.index == index) })
             else { continue }
-            let key = "0x" + String(leaf, radix: 16) + "." + String(index) + "." + reg
+            let key = featureKey(leaf, index, reg)
             switch reg {
             case "eax": out[key] = e.eax
             case "ebx": out[key] = e.ebx

@@ -49,6 +49,13 @@ public struct CPUModel: Sendable, Equatable {
 
     public static let names = ["host", "generic", "x86-64-v1", "x86-64-v2", "x86-64-v3", "x86-64-v4"]
 
+    /// The model a migrated guest was started with, by the name its description carries: the
+    /// guest's CPUID table travels with it, so only the name and whether it is `host` (which
+    /// MSRs it keeps) matter here; a model file's name stands for a model without features.
+    public static func recorded(_ name: String) -> CPUModel {
+        named(name) ?? CPUModel(name: name, features: [:], xcr0: 0, maxBasicLeaf: 0, maxExtendedLeaf: 0)
+    }
+
     /// Applies the model to what this host offers (KVM's supported table): the guest's table,
     /// or the features the host lacks, named.
     public func apply(to supported: [CPUIDEntry]) throws(CPUModelError) -> [CPUIDEntry] {
@@ -75,7 +82,7 @@ public struct CPUModel: Sendable, Equatable {
             if f < 0x4000_0000 && f > maxBasicLeaf { continue }
             if f >= 0x8000_0000 && f > extMax { continue }
             for (leaf, index, reg) in CPUIDPolicy.featureRegisters where leaf == f && (!e.indexSignificant || e.index == index) {
-                e.set(reg, features["0x" + String(leaf, radix: 16) + "." + String(index) + "." + reg] ?? 0)
+                e.set(reg, features[CPUIDPolicy.featureKey(leaf, index, reg)] ?? 0)
             }
             switch f {
             case 0: e.eax = min(e.eax, maxBasicLeaf)

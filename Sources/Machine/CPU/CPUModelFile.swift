@@ -11,9 +11,7 @@ extension CPUModel {
     public static func hostOffer(kvmDevice: String = "/dev/kvm", name: String = "host") throws(VMError) -> CPUModel {
         let table = try HostCPU.offer(kvmDevice: kvmDevice, deny: [], vcpuCount: 1)
         var features = CPUIDPolicy.featureWords(table)
-        for (leaf, index, reg) in CPUIDPolicy.featureRegisters {
-            features["0x" + String(leaf, radix: 16) + "." + String(index) + "." + reg, default: 0] += 0
-        }
+        for key in CPUIDPolicy.featureKeys where features[key] == nil { features[key] = 0 }
         // Set by swiftvmm's policy on every host, never "offered" by KVM.
         features["0x1.0.ecx"]? &= ~(CPUIDPolicy.leaf1ECXSet | 1 << 27)
         features["0x1.0.edx"]? &= ~(1 << 28)
@@ -52,7 +50,7 @@ extension CPUModel {
         guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { throw bad("not a JSON object") }
         guard let name = obj["model"] as? String, !name.isEmpty, name.count <= 64 else { throw bad("no \"model\" name") }
         guard let f = obj["features"] as? [String: Any] else { throw bad("no \"features\" object") }
-        let known = Set(CPUIDPolicy.featureRegisters.map { "0x" + String($0.leaf, radix: 16) + "." + String($0.index) + "." + $0.reg })
+        let known = Set(CPUIDPolicy.featureKeys)
         var features: [String: UInt32] = [:]
         for (key, value) in f {
             guard known.contains(key) else { throw bad("unknown feature register \"\(key)\"") }

@@ -41,10 +41,7 @@ extension CPUModel {
         if n >= 2 { bits += v2Bits }
         if n >= 3 { bits += v3Bits }
         if n >= 4 { bits += v4Bits }
-        var features: [String: UInt32] = [:]
-        for (leaf, index, reg) in CPUIDPolicy.featureRegisters {
-            features["0x" + String(leaf, radix: 16) + "." + String(index) + "." + reg] = 0
-        }
+        var features = Dictionary(uniqueKeysWithValues: CPUIDPolicy.featureKeys.map { ($0, UInt32(0)) })
         for b in bits { features[b.reg, default: 0] |= 1 << b.bit }
         let xcr0: UInt64 = n >= 4 ? 0xe7 : n == 3 ? 0x7 : 0
         return CPUModel(name: name, features: features, xcr0: xcr0, maxBasicLeaf: 0xd, maxExtendedLeaf: 0x8000_0008)

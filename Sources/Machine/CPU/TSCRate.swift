@@ -10,7 +10,7 @@ public enum TSCRate {
     public static let tolerancePPM: UInt64 = 250
     /// This host's TSC rate per KVM device, probed once per process (a probe VM costs
     /// milliseconds to create and destroy, and a restore would otherwise make two).
-    private static let probed = Mutex<[String: UInt32]>([:])
+    private static let probed = Mutex<[String: (khz: UInt32, scaling: Bool)]>([:])
 
     /// What a target does with a guest whose TSC runs at `guest` kHz.
     public enum Decision: Equatable, Sendable {
@@ -25,19 +25,21 @@ public enum TSCRate {
     /// This host's TSC rate and whether KVM can scale a guest's. Tests override both with
     /// SWIFTVMM_TEST_TSC_KHZ and SWIFTVMM_TEST_TSC_SCALING (0 or 1).
     public static func host(kvmDevice: String) throws(VMError) -> (khz: UInt32, scaling: Bool) {
+        var host = try probe(kvmDevice)
         let env = ProcessInfo.processInfo.environment
-        let hv: Hypervisor
-        do { hv = try Hypervisor(path: kvmDevice) } catch { throw .kvm(error) }
-        var scaling = hv.check(.tscControl) > 0
-        if let s = env["SWIFTVMM_TEST_TSC_SCALING"] { scaling = s == "1" }
-        if let k = env["SWIFTVMM_TEST_TSC_KHZ"].flatMap(UInt32.init) { return (k, scaling) }
-        if let k = probed.withLock({ $0[kvmDevice] }) { return (k, scaling) }
+        if let s = env["SWIFTVMM_TEST_TSC_SCALING"] { host.scaling = s == "1" }
+        if let k = env["SWIFTVMM_TEST_TSC_KHZ"].flatMap(UInt32.init) { host.khz = k }
+        return host
+    }
+
+    private static func probe(_ kvmDevice: String) throws(VMError) -> (khz: UInt32, scaling: Bool) {
+        if let known = probed.withLock({ $0[kvmDevice] }) { return known }
         do {
-            let vm = try hv.createVM()
-            let vcpu = try vm.createVCPU(id: 0)
-            let khz = vcpu.tscKHz()
-            probed.withLock { $0[kvmDevice] = khz }
-            return (khz, scaling)
+            let hv = try Hypervisor(path: kvmDevice)
+            let vcpu = try hv.createVM().createVCPU(id: 0)
+            let found = (khz: vcpu.tscKHz(), scaling: hv.check(.tscControl) > 0)
+            probed.withLock { $0[kvmDevice] = found }
+            return found
         } catch { throw .kvm(error) }
     }
 

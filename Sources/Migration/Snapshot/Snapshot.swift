@@ -42,25 +42,20 @@ public enum Snapshot {
     public static func save(_ vm: VM, to path: String, options: SaveOptions) throws -> SaveReport {
         let start = Clock.monotonic()
         let wasPaused = vm.isPaused
-        guard vm.pause() else { throw MigrationError.machine("the guest stopped before it could be saved") }
-        vm.devices.quiesce()
+        guard vm.freeze() else { throw MigrationError.machine("the guest stopped before it could be saved") }
         var report: SaveReport
         let writer: SnapshotWriter
         let header: SnapshotHeader
         do { (writer, header, report) = try write(vm, to: path) } catch {
-            vm.devices.unquiesce()
-            if !wasPaused { vm.resume() }
+            vm.thaw(resume: !wasPaused)
             throw error
         }
         // Every page is in the page cache now: a guest left running need not wait for the disk.
-        if options.leaveRunning {
-            vm.devices.unquiesce()
-            if !wasPaused { vm.resume() }
-        }
+        if options.leaveRunning { vm.thaw(resume: !wasPaused) }
         report.pausedMs = (Clock.monotonic() - start) * 1000
         do { try writer.finish(header) } catch {
             // The guest must not be lost with the file: it runs on here.
-            if !options.leaveRunning { vm.devices.unquiesce(); if !wasPaused { vm.resume() } }
+            if !options.leaveRunning { vm.thaw(resume: !wasPaused) }
             throw error
         }
         if !options.leaveRunning { vm.stop(.saved) }

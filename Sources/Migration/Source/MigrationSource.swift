@@ -66,8 +66,7 @@ public final class MigrationSource: @unchecked Sendable {
         guard let s = inDoubtSession.withLock({ s -> SourceSession? in defer { s = nil }; return s }) else { return false }
         s.vm.stopDirtyLog()
         s.vm.setThrottle(percent: 0)
-        s.vm.devices.unquiesce()
-        s.vm.resume()
+        s.vm.thaw()
         progress.update { $0.phase = .failed; $0.error = "resumed on the source after an in-doubt hand-off" }
         return true
     }

@@ -142,9 +142,8 @@ final class SourceStopAndCopy: MigrationStep {
         try s.cancellation.check()
         s.report.pausedAtWallNs = Clock.wallNanos()
         s.report.pausedAtMonotonic = Clock.monotonic()
-        guard s.vm.pause() else { throw MigrationError.machine("the guest stopped during migration") }
+        guard s.vm.freeze() else { throw MigrationError.machine("the guest stopped during migration") }
         paused = true
-        s.vm.devices.quiesce()
         s.limiter.disable()
         guard let encoder = s.encoder else { throw MigrationError.machine("stop-and-copy without pre-copy") }
         encoder.memoryIsStable = true
@@ -187,8 +186,7 @@ final class SourceStopAndCopy: MigrationStep {
 
     func rollback(_ s: SourceSession) {
         guard paused else { return }
-        s.vm.devices.unquiesce()
-        s.vm.resume()
+        s.vm.thaw()
     }
 }
 

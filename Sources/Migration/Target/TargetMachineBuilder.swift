@@ -25,23 +25,15 @@ public struct TargetMachineBuilder: Sendable {
 
     /// The configuration for `desc`, or a refusal naming the first device this host lacks.
     public func config(for desc: MachineDescription) throws -> VMConfig {
+        let problems = deviceProblems(desc)
+        if !problems.isEmpty { throw MigrationError.refused(problems.joined(separator: "; ")) }
         var disks: [DiskConfig] = []
         var nics: [NICConfig] = []
         for d in desc.devices {
             switch d.kind {
-            case .virtioBlock:
-                guard let vol = d.volume else { throw MigrationError.refused("the guest's disk \(d.stateName) has no volume name") }
-                guard let local = self.disks.first(where: { $0.volume == vol }) else {
-                    throw MigrationError.refused("volume '\(vol)' is missing on the target: pass --disk vol=\(vol),path=FILE to \(command)")
-                }
-                disks.append(local)
-            case .virtioNet:
-                guard nics.count < self.nics.count else {
-                    throw MigrationError.refused("the guest has a NIC (\(d.stateName)) but \(command) has no --net for it")
-                }
-                nics.append(self.nics[nics.count])
-            case .serial:
-                break
+            case .virtioBlock: disks += self.disks.filter { $0.volume == d.volume }.prefix(1)
+            case .virtioNet: nics.append(self.nics[nics.count])
+            case .serial: break
             }
         }
         var config = VMConfig(name: name ?? desc.name, memorySize: desc.memorySize, cpus: desc.cpus, serial: serial,
@@ -52,8 +44,7 @@ public struct TargetMachineBuilder: Sendable {
             config.tscKHz = guest
         }
         // The guest's table comes with it; the model decides which MSRs travel on from here.
-        config.cpuModel = desc.cpuModel == "host" ? .host
-            : CPUModel.named(desc.cpuModel) ?? CPUModel(name: desc.cpuModel, features: [:], xcr0: 0, maxBasicLeaf: 0, maxExtendedLeaf: 0)
+        config.cpuModel = .recorded(desc.cpuModel)
         return config
     }
 

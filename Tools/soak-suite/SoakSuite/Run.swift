@@ -27,7 +27,7 @@ public final class SoakRun {
     let rig: MigrationRig
     let net: TestNetwork
     let key: String
-    let disk: SoakDisk
+    let disk: BlktestImage
     var console = GuestConsole()
     var ping = PingLog()
     var pingCursor = OutputCursor()
@@ -47,9 +47,9 @@ public final class SoakRun {
             throw SoakError("cannot write \(key)")
         }
         let a = rig.path("disk-a.img")
-        try Data(count: max(1 << 20, o.blocks * SoakDisk.blockSize)).write(to: URL(fileURLWithPath: a))
+        try Data(count: max(1 << 20, o.blocks * BlktestImage.blockSize)).write(to: URL(fileURLWithPath: a))
         try FileManager.default.linkItem(atPath: a, toPath: rig.path("disk-b.img"))
-        disk = SoakDisk(path: a, blocks: o.blocks)
+        disk = BlktestImage(path: a, blocks: o.blocks)
         net = try TestNetwork(tap: false, prefix: "svmsoak")
         try TestNetwork.run(TestNetwork.ip, ["-n", net.namespace, "tuntap", "add", "dev", net.tap, "mode", "tap", "multi_queue"])
         try net.configure(net.tap)

@@ -1,9 +1,10 @@
 import Foundation
 import Glibc
 
-/// The soak guest's disk: blocks of 4 KiB in blktest's format (GuestImages/README.md, "Block
-/// format"), write s going to block s mod `blocks`.
-public struct SoakDisk: Sendable {
+/// A disk written by blktest's `loop` mode (and soak.elf's writer): blocks of 4 KiB in
+/// blktest's format (GuestImages/README.md, "Block format"), write s going to block s mod
+/// `blocks`. Checks that an image holds every write the guest was told is on disk.
+public struct BlktestImage: Sendable {
     public static let blockSize = 4096
     public static let magic: UInt64 = 0x314B_4C42_4D56_5753
 
@@ -50,7 +51,7 @@ public struct SoakDisk: Sendable {
         var result = Block.empty
         for _ in 0...retries {
             let n = words.withUnsafeMutableBytes { pread(fd, $0.baseAddress, Self.blockSize, off_t(b * Self.blockSize)) }
-            guard n == Self.blockSize else { throw SoakError("\(path): short read of block \(b)") }
+            guard n == Self.blockSize else { throw HarnessError("\(path): short read of block \(b)") }
             result = Self.decode(words, block: b)
             if case .bad = result { sched_yield(); continue }
             return result
@@ -64,7 +65,7 @@ public struct SoakDisk: Sendable {
     /// completed without its SEQ line) may be on the disk. Returns one line per problem.
     public func check(lastSeq: Int, final: Bool) throws -> [String] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SoakError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw HarnessError("cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var problems: [String] = []
         for b in 0..<blocks {
@@ -91,10 +92,13 @@ public struct SoakDisk: Sendable {
             return nil
         }
     }
-}
 
-/// A failure of the soak run itself (not of the guest or the VMM it checks).
-public struct SoakError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+    /// The acknowledged writes (`SEQ s` lines) of a console that ran on `sides` in turn, each
+    /// continuing the last exactly (a line may straddle a move); a last line cut short, as by
+    /// SIGTERM, is not an acknowledgement.
+    public static func acknowledged(_ sides: [String]) -> [Int] {
+        var console = sides.joined()
+        if let nl = console.lastIndex(of: "\n") { console = String(console[...nl]) } else { console = "" }
+        return console.split(separator: "\n").compactMap { $0.hasPrefix("SEQ ") ? Int($0.dropFirst(4)) : nil }
+    }
 }
