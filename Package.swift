@@ -10,7 +10,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // C shim over linux/kvm.h: ioctl numbers and fixed-arity wrappers, no logic.
@@ -24,13 +23,13 @@ let package = Package(
         .systemLibrary(name: "CFDT", providers: [.apt(["libfdt-dev"])]),
         // libseccomp: the system-call filters swiftvmm confines its threads with.
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
-        // OpenSSL's libcrypto: AES-256-GCM in place for the sealed stream (no allocation per section).
+        // OpenSSL's libcrypto: AES-256-GCM in place for the sealed stream (no allocation per section),
+        // HKDF-SHA256 for its keys and HMAC-SHA256 for the handshake's proofs.
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "Machine", dependencies: ["KVM", "CLinux", "CSeccomp"]),
         .target(name: "Migration", dependencies: [
             "Machine", "CLZ4", "CFDT", "CFast", "COpenSSL",
-            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Control", dependencies: ["Machine", "Migration"]),
         .executableTarget(name: "swiftvmm", dependencies: [

@@ -95,6 +95,23 @@ struct SealedStreamTests {
         #expect(src.seal != src.open && src.seal != other.seal)
     }
 
+    @Test("HKDF-SHA256 gives RFC 5869's test case 1")
+    func hkdfKnownAnswer() throws {
+        let ikm = [UInt8](repeating: 0x0b, count: 22)
+        let salt = try #require([UInt8](hexString: "000102030405060708090a0b0c"))
+        let info = try #require([UInt8](hexString: "f0f1f2f3f4f5f6f7f8f9"))
+        let okm = KeyDerivation.hkdfSHA256(key: ikm, salt: salt, info: info, count: 42)
+        #expect(okm?.hexString == "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
+    }
+
+    @Test("HMAC-SHA256 gives RFC 4231's test case 2, whether the message comes in one part or several")
+    func hmacKnownAnswer() {
+        let expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        let key = Array("Jefe".utf8)
+        #expect(KeyDerivation.hmacSHA256(key: key, [Array("what do ya want for nothing?".utf8)]).hexString == expected)
+        #expect(KeyDerivation.hmacSHA256(key: key, [Array("what do ya ".utf8), Array("want for nothing?".utf8)]).hexString == expected)
+    }
+
     // MARK: helpers
 
     /// Three sealed sections as the source would put them on the wire.

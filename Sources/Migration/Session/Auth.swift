@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 
 /// Pre-shared-key authentication of both peers: each proves it holds the key by an
@@ -17,11 +16,7 @@ public enum Auth {
     }
 
     public static func proof(key: [UInt8], role: Role, first: [UInt8], second: [UInt8]) -> [UInt8] {
-        var h = HMAC<SHA256>(key: SymmetricKey(data: key))
-        h.update(data: Array(role.rawValue.utf8))
-        h.update(data: first)
-        h.update(data: second)
-        return Array(h.finalize())
+        KeyDerivation.hmacSHA256(key: key, [Array(role.rawValue.utf8), first, second])
     }
 
     /// Constant-time comparison.

@@ -1,12 +1,11 @@
 import COpenSSL
-import Crypto
 import Foundation
 
 /// The sealed stream: with a pre-shared key, every section after the handshake is encrypted
 /// and authenticated with AES-256-GCM (chosen over ChaCha20-Poly1305 by measurement: with
 /// AES-NI and VAES both BoringSSL and OpenSSL run it at several GB/s, ChaCha20-Poly1305 at a
-/// fraction of that). Keys come from swift-crypto's HKDF; sections are sealed in place by
-/// OpenSSL's libcrypto (`GCM`).
+/// fraction of that). Keys come from libcrypto's HKDF (`KeyDerivation`); sections are sealed in
+/// place by libcrypto too (`GCM`).
 ///
 /// - Keys: one per direction, HKDF-SHA256 over the pre-shared key, salted with the source's
 ///   nonce followed by the target's (both fresh for this connection), info
@@ -19,14 +18,15 @@ import Foundation
 ///   `payload | u16 type | u16 flags`, so section types travel sealed as well (at the end, so
 ///   the receiver strips them without moving the payload).
 public struct StreamKeys {
-    @_spi(Fuzzing) public let seal: SymmetricKey
-    @_spi(Fuzzing) public let open: SymmetricKey
+    @_spi(Fuzzing) public let seal: SecretKey
+    @_spi(Fuzzing) public let open: SecretKey
 
     /// The keys of `role`'s side of the connection whose nonces are `sourceNonce` and `targetNonce`.
     public static func derive(key: [UInt8], sourceNonce: [UInt8], targetNonce: [UInt8], role: Auth.Role) -> StreamKeys {
-        func derive(_ info: String) -> SymmetricKey {
-            HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: key), salt: sourceNonce + targetNonce,
-                                   info: Array(info.utf8), outputByteCount: 32)
+        func derive(_ info: String) -> SecretKey {
+            // An empty key (libcrypto refused) makes `GCM` refuse to start: nothing is sealed with it.
+            SecretKey(KeyDerivation.hkdfSHA256(key: key, salt: sourceNonce + targetNonce,
+                                               info: Array(info.utf8), count: 32) ?? [])
         }
         let toTarget = derive("swiftvmm stream v2 source->target")
         let toSource = derive("swiftvmm stream v2 target->source")
@@ -40,7 +40,7 @@ public struct StreamKeys {
     private let gcm: GCM
     private(set) var sequence: UInt64 = 0
 
-    @_spi(Fuzzing) public init(key: SymmetricKey) throws { gcm = try GCM(key: key, encrypting: true) }
+    @_spi(Fuzzing) public init(key: SecretKey) throws { gcm = try GCM(key: key, encrypting: true) }
 
     /// Encrypts `buffer[0..<count]` in place as the next section and writes its tag into
     /// `buffer[count..<count + 16]`; `header` is authenticated with it.
@@ -65,7 +65,7 @@ public struct StreamKeys {
     private let gcm: GCM
     private(set) var sequence: UInt64 = 0
 
-    @_spi(Fuzzing) public init(key: SymmetricKey) throws { gcm = try GCM(key: key, encrypting: false) }
+    @_spi(Fuzzing) public init(key: SecretKey) throws { gcm = try GCM(key: key, encrypting: false) }
 
     /// Replaces `body` (ciphertext and tag) by its plaintext, or throws "stream authentication
     /// failed at section N" (and `body` holds garbage).
@@ -85,21 +85,18 @@ public struct StreamKeys {
 }
 
 /// AES-256-GCM through OpenSSL's EVP interface (libcrypto), in place: swift-crypto's sealing
-/// API returns a freshly built box per message, which cost three copies of every sealed byte
+/// API (measured first) returns a freshly built box per message, which cost three copies of every sealed byte
 /// and made sealing ten times slower than opening here.
 final class GCM {
     private let ctx: OpaquePointer
     private let encrypting: Bool
 
-    init(key: SymmetricKey, encrypting: Bool) throws {
+    init(key: SecretKey, encrypting: Bool) throws {
         guard key.bitCount == 256, let ctx = EVP_CIPHER_CTX_new() else { throw MigrationError.stream("cannot set up AES-256-GCM") }
         self.ctx = ctx
         self.encrypting = encrypting
-        let ok = key.withUnsafeBytes { k in
-            let p = k.bindMemory(to: UInt8.self).baseAddress
-            return encrypting ? EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil, p, nil) == 1
-                              : EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), nil, p, nil) == 1
-        }
+        let ok = encrypting ? EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil, key.bytes, nil) == 1
+                            : EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), nil, key.bytes, nil) == 1
         guard ok else { EVP_CIPHER_CTX_free(ctx); throw MigrationError.stream("cannot set up AES-256-GCM") }
     }
 
