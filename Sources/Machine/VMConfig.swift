@@ -101,6 +101,10 @@ public struct VMConfig: Sendable {
     /// `registerMemorySlots()` before the vCPUs run (a migration target does that while pages
     /// arrive, since creating a large slot takes milliseconds).
     public var deferMemorySlots: Bool
+    /// Guest RAM is given to KVM on a thread of its own while the rest of the machine is built
+    /// and the kernel loads (`run`: a slot takes milliseconds to create on a nested host);
+    /// `VM.waitForMemorySlots()` or `start()` waits for it.
+    public var memorySlotsInBackground = false
     /// Guest RAM's initial contents come from this file (a snapshot being restored).
     public var memoryFile: MemoryFile?
 

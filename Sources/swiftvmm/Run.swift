@@ -49,6 +49,8 @@ struct Run: ParsableCommand {
                               disks: try devices.disks(), nics: try devices.nics())
         do { config.cpuModel = try CPUModel.parse(cpuModel) } catch { throw fail("\(error)") }
         do { try config.validate() } catch { throw fail("\(error)") }
+        // Guest RAM is given to KVM on a thread of its own while the kernel loads.
+        config.memorySlotsInBackground = true
         let kernelBytes = try readInput(kernel, what: "kernel")
         let initrdBytes = try initrd.map { try readInput($0, what: "initrd") }
         let map: MemoryMap
@@ -60,23 +62,38 @@ struct Run: ParsableCommand {
         } catch { throw fail("\(kernel): \(error)") }
         let vm: VM
         do { vm = try VM(config: config) } catch { throw fail("\(error)") }
+        StartupTrace.mark("machine")
         let fullCmdline = ([cmdline] + vm.devices.commandLineTokens).filter { !$0.isEmpty }.joined(separator: " ")
         do {
             try vm.load(try KernelLoader.plan(BootConfig(kernel: kernelBytes, initrd: initrdBytes, cmdline: fullCmdline,
                                                          memoryMap: map, cpus: cpus, acpi: !noACPI,
                                                          virtioDevices: vm.devices.virtio.count)))
         } catch {
+            try? vm.waitForMemorySlots()
             vm.tearDown(.internalError("boot failed"))
             throw fail("\(kernel): \(error)")
         }
+        StartupTrace.mark("loaded")
         let controller = MachineController(name: name, vm: vm)
         let socketPath = console.apiSocket ?? (name != "swiftvmm" ? apiSocketPath(for: name) : nil)
-        let server = try socketPath.map { try startControlServer(path: $0, controller: controller) }
+        let server: ControlServer?
+        do { server = try socketPath.map { try startControlServer(path: $0, controller: controller) } } catch {
+            try? vm.waitForMemorySlots()
+            vm.tearDown(.internalError("no control socket"))
+            throw error
+        }
         defer { server?.stop() }
         do { try confinement.lockDown() } catch {
+            try? vm.waitForMemorySlots()
             vm.tearDown(.internalError("not confined"))
             throw error
         }
+        StartupTrace.mark("confined")
+        do { try vm.waitForMemorySlots() } catch {
+            vm.tearDown(.internalError("no memory slots"))
+            throw fail("cannot give guest memory to KVM: \(error)")
+        }
+        StartupTrace.mark("slots")
         throw ExitCode(runUntilStopped(vm, controller: controller))
     }
 }

@@ -315,17 +315,3 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         return bytes.map { String(format: "%02x", $0) }.joined(separator: " ")
     }
 }
-
-/// The start-up trace benchmarks read: with `SWIFTVMM_TRACE_STARTUP` set, one line on stderr
-/// with CLOCK_MONOTONIC at the first guest entry.
-enum StartupTrace {
-    static let enabled = getenv("SWIFTVMM_TRACE_STARTUP") != nil
-
-    static func firstGuestEntry() {
-        guard enabled else { return }
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        let ns = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-        FileHandle.standardError.write(Data("swiftvmm: first KVM_RUN at monotonic \(ns) ns\n".utf8))
-    }
-}

@@ -200,28 +200,11 @@ final class TargetSession {
     }
 }
 
-/// Registers a machine's memory slots on a background thread: a large slot takes
-/// milliseconds to create, which the first round's pages can hide.
-final class SlotRegistration: @unchecked Sendable {
-    private let done = NSCondition()
-    private var result: Result<Void, VMError>?
-
-    init(vm: VM) {
-        let t = Thread { [self] in
-            let r: Result<Void, VMError>
-            do throws(VMError) { try vm.registerMemorySlots(); r = .success(()) } catch { r = .failure(error) }
-            done.lock(); result = r; done.broadcast(); done.unlock()
-        }
-        t.name = "memslots"
-        t.start()
-    }
-
+extension SlotRegistration {
+    /// Waits for the slots; a failure is the migration's.
     func wait() throws {
-        done.lock()
-        while result == nil { done.wait() }
-        let r = result
-        done.unlock()
-        if case .failure(let e)? = r { throw MigrationError.machine("cannot give guest memory to KVM: \(e)") }
+        do throws(VMError) { try waitForSlots() } catch {
+            throw MigrationError.machine("cannot give guest memory to KVM: \(error)")
+        }
     }
 }
-
