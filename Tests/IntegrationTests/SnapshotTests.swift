@@ -127,6 +127,47 @@ struct SnapshotTests {
         #expect(dst.waitFor("PASS cpus=2", timeout: 180), "\(src.transcript)\n\(dst.transcript)")
         #expect(!dst.stdout.contains("FAIL"))
     }
+
+    @Test("netecho saved mid-conversation and restored on the same TAP answers pings again and finishes its UDP count")
+    func netechoAnswersAfterSaveAndRestore() throws {
+        let net = try TestNetwork()
+        let rig = try MigrationRig()
+        let api = rig.path("echo.sock")
+        var children: [Child] = []
+        defer {
+            for c in children { c.signal(SIGKILL); _ = c.wait(timeout: 10) }
+            net.delete()
+        }
+        let src = try Child(TestNetwork.ip, ["netns", "exec", net.namespace, Paths.swiftvmm, "run",
+                                             "--kernel", Paths.guest("netecho.elf"), "--memory", "64M", "--name", "echo-snap",
+                                             "--net", "tap=\(net.tap)", "--cmdline", "ip=\(TestNetwork.guestIP) count=3",
+                                             "--api-socket", api], name: "source")
+        children.append(src)
+        #expect(src.waitFor("NET UP", timeout: 30), "\(src.transcript)")
+        let fd = try net.udpSocket()
+        defer { close(fd) }
+        let first: [UInt8] = Array("before the save".utf8)
+        #expect(TestNetwork.udpEcho(fd, first) == first)
+
+        let file = rig.path("echo.snap")
+        let s = try Self.save(api, file)
+        #expect(s.status == 0, "\(s.stderr)\n\(src.transcript)")
+        #expect(src.wait(timeout: 30) == 0, "\(src.transcript)")
+
+        let dst = try Child(TestNetwork.ip, ["netns", "exec", net.namespace, Paths.swiftvmm, "restore", file,
+                                             "--net", "tap=\(net.tap)"], name: "restore")
+        children.append(dst)
+        #expect(dst.waitForStderr("restored from", timeout: 30), "\(dst.transcript)")
+        let ping = try net.exec(["ping", "-c", "3", "-W", "2", TestNetwork.guestIP])
+        #expect(ping.contains("3 received"), "\(ping)\n\(dst.transcript)")
+        // The guest's count of echoed datagrams survived: two more finish it.
+        for text in ["after the restore", "and once more"] {
+            let payload: [UInt8] = Array(text.utf8)
+            #expect(TestNetwork.udpEcho(fd, payload) == payload, "\(dst.transcript)")
+        }
+        #expect(dst.wait(timeout: 30) == 1, "\(dst.transcript)")
+        #expect(dst.stdout.contains("PASS echoed=3"), "\(src.transcript)\n\(dst.transcript)")
+    }
 }
 
 /// Snapshots that must be refused, and what a snapshot costs on disk.
