@@ -46,12 +46,17 @@ extension Snapshot {
                                 mode: options.prefault ? .prefault : .mapped)
         let vm = try options.machine.build(desc, memoryFile: memory)
         do {
-            if options.prefault { try file.verify(vm.memory) }
-            do { try vm.registerMemorySlots() } catch { throw MigrationError.machine("cannot give guest memory to KVM: \(error)") }
-            let t2 = Clock.monotonic()
-            report.buildMs = (t2 - t1) * 1000
+            // The memory slots are created while the file is checked and the vCPU threads
+            // start; the state loads after (an MSR such as kvmclock's names a guest page).
+            let slots = SlotRegistration(vm: vm)
+            if options.prefault {
+                do { try file.verify(vm.memory) } catch { try? slots.waitForSlots(); throw error }
+            }
             vm.start(paused: true)
             vm.devices.quiesce()
+            try slots.wait()
+            let t2 = Clock.monotonic()
+            report.buildMs = (t2 - t1) * 1000
             do { try vm.restoreMachineState(file.state) } catch {
                 throw MigrationError.machine("cannot load the machine state: \(error)")
             }
