@@ -98,6 +98,10 @@ public final class VirtioBlock: VirtioDevice {
             close(fd)
             throw .disk(path: path, reason: "is \(size) bytes; a disk image must be a non-empty multiple of 512 bytes")
         }
+        if let format = ImageFormat.recognise(fd: fd) {
+            close(fd)
+            throw .disk(path: path, reason: "is a \(format) image; swiftvmm serves raw images only (convert it: qemu-img convert -O raw)")
+        }
         self.fd = fd
         self.path = path
         self.volume = volume
