@@ -41,6 +41,7 @@ extension DiskConfig {
     /// Refuses an existing image in a container format, before anything else happens (a `recv`
     /// says so at start, not when a guest arrives). A missing file is left to whoever opens it.
     public func refuseNonRawImage() throws(VMError) {
+        guard !copy else { return }     // a migration overwrites it
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return }
         defer { close(fd) }
