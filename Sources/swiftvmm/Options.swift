@@ -13,7 +13,11 @@ struct DeviceOptions: ParsableArguments {
     var net: [String] = []
 
     func disks() throws -> [DiskConfig] {
-        do { return try disk.map(DiskConfig.parse) } catch { throw fail("\(error)") }
+        do {
+            let disks = try disk.map(DiskConfig.parse)
+            for d in disks { try d.refuseNonRawImage() }
+            return disks
+        } catch { throw fail("\(error)") }
     }
 
     func nics() throws -> [NICConfig] {

@@ -82,6 +82,7 @@ final class TargetPreCheck: MigrationStep {
         if desc.dryRun { try Self.dryRun(desc, s) }
         s.target.closeListener()
         try Self.check(desc, s.options)
+        s.diskCopy = try DiskCopyTarget.prepare(desc.storage, disks: s.options.machine.disks)
         let vm = try s.options.machine.build(desc)
         s.vm = vm
         s.description = desc
@@ -130,6 +131,7 @@ final class TargetPreCheck: MigrationStep {
         } catch { out.append("\(error)") }
         if let tsc = tscProblem(desc, options) { out.append(tsc) }
         return out + options.machine.deviceProblems(desc)
+            + DiskCopyTarget.problems(desc.storage, disks: options.machine.disks, command: options.machine.command)
     }
 
     /// Why this host cannot take a guest with this TSC rate, if it cannot (unless allowed).
@@ -163,6 +165,7 @@ final class TargetPreCheck: MigrationStep {
         // Nothing ran here: tear the half-built machine down.
         s.vm?.tearDown(.internalError("migration failed"))
         s.vm = nil
+        s.diskCopy?.discard()
     }
 }
 
@@ -198,6 +201,8 @@ final class TargetReceive: MigrationStep {
                     $0.round = end.round + 1
                     if end.round == 0 { $0.memoryCovered = $0.memoryBytes }
                 }
+            case .diskBlocks:
+                try s.applyDiskRun(section.payload)
             case .progress:
                 if let p = try? section.message(RoundProgress.self) {
                     s.progress.update {
@@ -214,7 +219,7 @@ final class TargetReceive: MigrationStep {
                 do { try vm.restoreMachineState(node) } catch { throw MigrationError.machine("cannot load the machine state: \(error)") }
                 try s.cancellation.check()
                 Faults.hit(.afterState, .target, conn)
-                try conn.send(Ready())
+                try conn.send(Ready(diskHashes: try s.diskCopy?.finish()))
                 s.holdsCompleteCopy = true
                 Faults.hit(.afterReady, .target, conn)
                 return

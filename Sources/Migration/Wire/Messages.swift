@@ -75,6 +75,8 @@ public struct RoundAck: WireMessage {
 /// R→S: the machine state is loaded; the target waits for `go`.
 public struct Ready: WireMessage {
     public static var section: SectionType { .ready }
+    /// SHA-256 of each copied image after its fsync, by volume (`send --verify-storage`).
+    public var diskHashes: [String: String]? = nil
 }
 
 /// S→R: the commit. The target may run the guest; the source never will again.

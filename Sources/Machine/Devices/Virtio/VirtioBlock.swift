@@ -69,6 +69,8 @@ public final class VirtioBlock: VirtioDevice {
     /// Size in 512-byte sectors.
     public let capacity: UInt64
     public let features: UInt64
+    /// Blocks written while a migration copies this disk.
+    public let dirtyLog: DiskDirtyLog
     let memory: GuestMemory
     private let fd: Int32
 
@@ -98,11 +100,16 @@ public final class VirtioBlock: VirtioDevice {
             close(fd)
             throw .disk(path: path, reason: "is \(size) bytes; a disk image must be a non-empty multiple of 512 bytes")
         }
+        if let format = ImageFormat.recognise(fd: fd) {
+            close(fd)
+            throw .disk(path: path, reason: "is a \(format) image; swiftvmm serves raw images only (convert it: qemu-img convert -O raw)")
+        }
         self.fd = fd
         self.path = path
         self.volume = volume
         self.readonly = readonly
         self.capacity = size / Self.sectorSize
+        self.dirtyLog = DiskDirtyLog(bytes: size)
         self.memory = memory
         var features = VirtioSpec.Feature.version1 | VirtioSpec.Feature.ringEventIdx | VirtioSpec.Feature.ringIndirectDesc
             | Feature.sizeMax | Feature.segMax | Feature.blockSize | Feature.flush
@@ -208,7 +215,9 @@ public final class VirtioBlock: VirtioDevice {
             guard sector <= capacity, sectors <= capacity - sector else { return (.ioError, 0) }
             var offset = sector * Self.sectorSize
             for s in data {
-                guard transfer(s, fileOffset: offset, writing: writing) else {
+                let ok = transfer(s, fileOffset: offset, writing: writing)
+                if writing { dirtyLog.mark(offset: offset, length: UInt64(s.length)) }
+                guard ok else {
                     return (.ioError, writing ? 0 : UInt32(offset - sector * Self.sectorSize))
                 }
                 offset += UInt64(s.length)
@@ -278,4 +287,6 @@ extension VirtioMMIODevice where Device == VirtioBlock {
     public var readonly: Bool { device.readonly }
     /// Size in 512-byte sectors.
     public var capacity: UInt64 { device.capacity }
+    /// Blocks written while a migration copies this disk.
+    public var dirtyLog: DiskDirtyLog { device.dirtyLog }
 }
