@@ -1,4 +1,4 @@
-import Crypto
+import COpenSSL
 import Foundation
 import Glibc
 import Machine
@@ -168,7 +168,9 @@ final class DiskCopySource {
 /// Hashing a disk image.
 enum DiskHash {
     static func sha256(fd: Int32, bytes: UInt64, path: String) throws -> String {
-        var h = SHA256()
+        guard let ctx = EVP_MD_CTX_new() else { throw MigrationError.machine("hashing \(path): libcrypto has no digest context") }
+        defer { EVP_MD_CTX_free(ctx) }
+        guard EVP_DigestInit_ex(ctx, EVP_sha256(), nil) == 1 else { throw MigrationError.machine("hashing \(path): SHA-256 unavailable") }
         var buf = [UInt8](repeating: 0, count: 1 << 20)
         var off: UInt64 = 0
         while off < bytes {
@@ -176,9 +178,12 @@ enum DiskHash {
             let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, off_t(off)) }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw MigrationError.machine("hashing \(path) at \(off): \(n == 0 ? "short file" : String(cString: strerror(errno)))") }
-            buf.withUnsafeBytes { h.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            _ = buf.withUnsafeBytes { EVP_DigestUpdate(ctx, $0.baseAddress, n) }
             off += UInt64(n)
         }
-        return h.finalize().map { String(format: "%02x", $0) }.joined()
+        var digest = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        guard EVP_DigestFinal_ex(ctx, &digest, &length) == 1, length == 32 else { throw MigrationError.machine("hashing \(path): digest failed") }
+        return digest.map { String(format: "%02x", $0) }.joined()
     }
 }
