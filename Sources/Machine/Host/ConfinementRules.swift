@@ -21,6 +21,8 @@ enum ConfinementRules {
         "recvmsg", "setsockopt", "getsockopt", "getsockname", "getpeername", "set_tid_address", "readlink",
         // A target of `send --copy-storage` checks its file system's free space.
         "statfs", "fstatfs",
+        // A disk mirror records its generation (and a migration target reads it).
+        "fsetxattr", "getxattr",
         // A thread confines itself further when it starts; filters only ever narrow.
         "seccomp",
     ]

@@ -71,6 +71,8 @@ public final class VirtioBlock: VirtioDevice {
     public let features: UInt64
     /// Blocks written while a migration copies this disk.
     public let dirtyLog: DiskDirtyLog
+    /// The second image every write also goes to (`--disk …,mirror=Q`).
+    public let mirror: DiskMirror?
     let memory: GuestMemory
     private let fd: Int32
 
@@ -79,8 +81,9 @@ public final class VirtioBlock: VirtioDevice {
     public var maxChainBytes: UInt64 { Self.maxRequestBytes }
     public var volumeName: String? { volume }
 
-    /// Opens `path` (read-only with `readonly`). The image must be a non-empty multiple of 512 bytes.
-    public init(path: String, volume: String, readonly: Bool, memory: GuestMemory) throws(VirtioError) {
+    /// Opens `path` (read-only with `readonly`), and `mirror` when given. The image must be a
+    /// non-empty multiple of 512 bytes.
+    public init(path: String, volume: String, readonly: Bool, mirror: String? = nil, memory: GuestMemory) throws(VirtioError) {
         let fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard fd >= 0 else {
             let e = errno
@@ -104,6 +107,12 @@ public final class VirtioBlock: VirtioDevice {
             close(fd)
             throw .disk(path: path, reason: "is a \(format) image; swiftvmm serves raw images only (convert it: qemu-img convert -O raw)")
         }
+        do throws(VirtioError) {
+            self.mirror = try mirror.map { m throws(VirtioError) in try DiskMirror(path: m, volume: volume, bytes: size, primaryFD: fd) }
+        } catch {
+            close(fd)
+            throw error
+        }
         self.fd = fd
         self.path = path
         self.volume = volume
@@ -117,7 +126,10 @@ public final class VirtioBlock: VirtioDevice {
         self.features = features
     }
 
-    deinit { close(fd) }
+    deinit {
+        mirror?.shutDown()
+        close(fd)
+    }
 
     /// capacity, size_max, seg_max, geometry, blk_size, then zeros (topology, writeback, …).
     public func configSpace() -> [UInt8] {
@@ -216,6 +228,7 @@ public final class VirtioBlock: VirtioDevice {
             var offset = sector * Self.sectorSize
             for s in data {
                 let ok = transfer(s, fileOffset: offset, writing: writing)
+                if ok && writing { mirrorWrite(s, fileOffset: offset) }
                 if writing { dirtyLog.mark(offset: offset, length: UInt64(s.length)) }
                 guard ok else {
                     return (.ioError, writing ? 0 : UInt32(offset - sector * Self.sectorSize))
@@ -227,6 +240,7 @@ public final class VirtioBlock: VirtioDevice {
             while fdatasync(fd) != 0 {
                 if errno != EINTR { return (.ioError, 0) }
             }
+            mirror?.flush()
             return (.ok, 0)
         case .getID:
             guard data.allSatisfy({ $0.writable }) else { return (.ioError, 0) }
@@ -256,6 +270,12 @@ public final class VirtioBlock: VirtioDevice {
             done += n
         }
         return true
+    }
+
+    /// A write the primary took goes to the mirror too (which marks it dirty if it cannot).
+    private func mirrorWrite(_ s: VirtioSegment, fileOffset: UInt64) {
+        guard let m = mirror, let p = memory.pointer(s.address, length: UInt64(s.length)) else { return }
+        m.write(UnsafeRawPointer(p), count: Int(s.length), offset: fileOffset)
     }
 
     // MARK: state
@@ -289,4 +309,6 @@ extension VirtioMMIODevice where Device == VirtioBlock {
     public var capacity: UInt64 { device.capacity }
     /// Blocks written while a migration copies this disk.
     public var dirtyLog: DiskDirtyLog { device.dirtyLog }
+    /// The disk's mirror, if it has one.
+    public var mirror: DiskMirror? { device.mirror }
 }
