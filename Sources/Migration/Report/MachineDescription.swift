@@ -30,6 +30,8 @@ public struct MachineDescription: Sendable, Equatable {
     public var dryRun = false
     /// The disks that travel in the stream (`send --copy-storage`).
     public var storage = StorageCopyPlan()
+    /// The guest's mirrored volumes: a target whose file is an in-sync mirror moves no disk data.
+    public var mirrors: [MirrorClaim] = []
 
     public init(name: String, uuid: String, vmmVersion: String, memorySize: UInt64, cpus: Int,
                 cpuid: [CPUIDEntry], devices: [Device], tscKHz: UInt32, cpuModel: String = "host") {
@@ -70,6 +72,7 @@ public struct MachineDescription: Sendable, Equatable {
         }
         root.children.append(devs)
         if !storage.volumes.isEmpty { root.children.append(storage.node) }
+        if !mirrors.isEmpty { root.children.append(MirrorClaim.node(mirrors)) }
         return root
     }
 
@@ -110,6 +113,7 @@ public struct MachineDescription: Sendable, Equatable {
                 })
             }
             storage = try StorageCopyPlan(node: root.child("copy-storage"))
+            mirrors = try MirrorClaim.decode(root.child("mirrors"))
         } catch let e as MigrationError {
             throw e
         } catch {

@@ -147,6 +147,8 @@ public struct MigrationReport: Sendable {
     public var finalDiskBlocks = 0
     public var diskHashes: [String: String] = [:]
     public var targetDiskHashes: [String: String] = [:]
+    /// Volumes the target took through their in-sync mirror: none of their data moved.
+    public var mirrorVolumes: [String] = []
     /// When the source paused the guest: wall clock (compared with the target's) and monotonic.
     var pausedAtWallNs: UInt64 = 0
     var pausedAtMonotonic: Double = 0
@@ -164,6 +166,6 @@ public struct MigrationReport: Sendable {
          "compression": compression,
          "compression_ratio": wireBytes == 0 ? 1 : (Double(rawBytes) / Double(wireBytes)).rounded3,
          "max_throttle_percent": maxThrottle, "endpoint": endpoint,
-         "rounds": rounds.map(\.json)].merging(diskJSON) { a, _ in a }.merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }
+         "rounds": rounds.map(\.json)].merging(diskJSON) { a, _ in a }.merging(mirrorJSON) { a, _ in a }.merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }
     }
 }

@@ -128,6 +128,8 @@ final class SourceSession: @unchecked Sendable {
     var encoder: PageEncoder?
     /// The disks travelling in the stream (`--copy-storage`).
     var diskCopy: DiskCopySource?
+    /// Volumes the target takes through their in-sync mirror, in the generation it confirmed.
+    var mirrorSkips: [MirrorClaim] = []
     /// Pages collected in the last pre-copy round and not yet sent, per RAM region.
     var pending: [[UInt64]] = []
     var round = 0

@@ -28,8 +28,12 @@ final class SourcePreCheck: MigrationStep {
         let conn = try s.conn()
         var description = MachineDescription.of(s.vm, uuid: s.uuid)
         if s.options.copyStorage { description.storage = try DiskCopySource.plan(s.vm, verify: s.options.verifyStorage) }
+        description.mirrors = s.vm.devices.disks.compactMap { $0.mirror.map { MirrorClaim($0.status) } }
         try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
-        _ = try conn.expect(Accept.self)
+        let accept = try conn.expect(Accept.self)
+        let present = Set(accept.mirrorVolumes ?? [])
+        s.mirrorSkips = description.mirrors.filter { $0.inSync && present.contains($0.volume) }
+        s.report.mirrorVolumes = s.mirrorSkips.map(\.volume)
         Faults.hit(.afterPrecheck, .source, conn)
         try s.cancellation.check()
         s.report.setupMs = (Clock.monotonic() - s.started) * 1000
@@ -151,6 +155,7 @@ final class SourceStopAndCopy: MigrationStep {
         s.report.pausedAtMonotonic = Clock.monotonic()
         guard s.vm.freeze() else { throw MigrationError.machine("the guest stopped during migration") }
         paused = true
+        try s.checkMirrorsAtPause()
         s.limiter.disable()
         guard let encoder = s.encoder else { throw MigrationError.machine("stop-and-copy without pre-copy") }
         encoder.memoryIsStable = true

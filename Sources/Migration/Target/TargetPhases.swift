@@ -96,7 +96,7 @@ final class TargetPreCheck: MigrationStep {
         if let own = try? vm.saveMachineState() { _ = try? vm.prepareMachineState(FDTCodec.decode(FDTCodec.encode(own))) }
         vm.start(paused: true)
         vm.devices.quiesce()
-        try conn.send(Accept(name: vm.config.name))
+        try conn.send(Accept(name: vm.config.name, mirrorVolumes: MirrorCheck.present(desc.mirrors, disks: s.options.machine.disks)))
         Faults.hit(.afterPrecheck, .target, conn)
         s.progress.update { $0.memoryBytes = desc.memorySize }
     }
@@ -132,6 +132,7 @@ final class TargetPreCheck: MigrationStep {
         if let tsc = tscProblem(desc, options) { out.append(tsc) }
         return out + options.machine.deviceProblems(desc)
             + DiskCopyTarget.problems(desc.storage, disks: options.machine.disks, command: options.machine.command)
+            + MirrorCheck.problems(desc.mirrors, disks: options.machine.disks)
     }
 
     /// Why this host cannot take a guest with this TSC rate, if it cannot (unless allowed).

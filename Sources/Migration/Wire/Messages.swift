@@ -39,6 +39,8 @@ public struct AuthProof: WireMessage {
 public struct Accept: WireMessage {
     public static var section: SectionType { .accept }
     public var name: String
+    /// Volumes the target takes as already there: its file is the source's in-sync mirror.
+    public var mirrorVolumes: [String]? = nil
 }
 
 /// R→S, after a dry run's `config`: whether the target could host the guest, and every reason
