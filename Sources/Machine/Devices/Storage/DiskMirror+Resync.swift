@@ -96,6 +96,7 @@ extension DiskMirror {
         generation = MirrorIdentity.newGeneration()
         identityRecorded = MirrorIdentity.record(generation, fd: fd, path: path)
         phase = .inSync
+        lossAnnounced = false
     }
 
     static func preadAll(_ fd: Int32, _ buffer: inout [UInt8], count: Int, offset: UInt64) -> String? {

@@ -49,6 +49,8 @@ public final class DiskMirror: @unchecked Sendable {
     var generation = MirrorIdentity.newGeneration()
     var lastError: String?
     var identityRecorded = false
+    /// The loss of sync was announced on stderr (once until the mirror is in sync again).
+    var lossAnnounced = false
     /// A resync pass asked for (true: compare blocks first, the initial sync of a mirror whose contents are unknown).
     var request: Bool?
     var initialSyncBegun = false
@@ -149,8 +151,9 @@ public final class DiskMirror: @unchecked Sendable {
         lastError = reason
         generation = MirrorIdentity.newGeneration()
         identityRecorded = false
-        if phase != .outOfSync {
-            phase = .outOfSync
+        phase = .outOfSync
+        if !lossAnnounced {
+            lossAnnounced = true
             FileHandle.standardError.write(Data("swiftvmm: volume '\(volume)': mirror \(path) is out of sync (\(reason)); the guest runs on, on the primary\n".utf8))
         }
         cond.broadcast()
