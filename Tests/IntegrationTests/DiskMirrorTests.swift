@@ -76,8 +76,9 @@ struct DiskMirrorGuestTests {
         #expect(problems.isEmpty, "\(problems.prefix(5))")
     }
 
-    @Test("a migration to a recv whose disk is the source's in-sync mirror moves no disk data; the guest PASSes on the target, which wrote its disk to the mirror file")
-    func migrationToInSyncMirrorMovesNoDiskData() throws {
+    @Test("a migration to a recv whose disk is the source's in-sync mirror moves no disk data, even with --copy-storage; the guest PASSes on the target, which wrote its disk to the mirror file",
+          arguments: [false, true])
+    func migrationToInSyncMirrorMovesNoDiskData(copyStorage: Bool) throws {
         let rig = try MigrationRig()
         let image = rig.path("primary.img"), mirror = rig.path("mirror.img"), report = rig.path("report.json")
         try sparseImage(image, bytes: 4 << 20)
@@ -88,9 +89,9 @@ struct DiskMirrorGuestTests {
         #expect(src.waitFor("SEQ 300\n", timeout: 60), "\(src.transcript)")
         #expect(try Self.waitForMirror(rig, api, "in-sync")["state"] as? String == "in-sync")
         let listen = "unix:" + rig.path("m.sock")
-        let (dst, _) = try rig.target(listen: listen, extra: ["--disk", "vol=data,path=\(mirror)"])
+        let (dst, _) = try rig.target(listen: listen, extra: ["--disk", "vol=data,path=\(mirror)" + (copyStorage ? ",copy" : "")])
         defer { dst.signal(SIGKILL); _ = dst.wait(timeout: 10) }
-        let s = try rig.send(api, to: listen, extra: ["--report", report])
+        let s = try rig.send(api, to: listen, extra: ["--report", report] + (copyStorage ? ["--copy-storage", "--verify-storage"] : []))
         try #require(s.status == 0, "\(s.stderr)\n\(dst.transcript)")
         #expect(src.wait(timeout: 30) == 0)
         let r = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any])

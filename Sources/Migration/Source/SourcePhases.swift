@@ -33,6 +33,9 @@ final class SourcePreCheck: MigrationStep {
         let accept = try conn.expect(Accept.self)
         let present = Set(accept.mirrorVolumes ?? [])
         s.mirrorSkips = description.mirrors.filter { $0.inSync && present.contains($0.volume) }
+        if let odd = present.first(where: { v in !s.mirrorSkips.contains { $0.volume == v } }) {
+            throw MigrationError.stream("the target takes volume '\(odd.prefix(64))' through a mirror this source does not have in sync")
+        }
         s.report.mirrorVolumes = s.mirrorSkips.map(\.volume)
         Faults.hit(.afterPrecheck, .source, conn)
         try s.cancellation.check()

@@ -54,10 +54,11 @@ final class DiskCopySource {
         return fd
     }
 
-    /// Turns every disk's dirty log on, then lists the extents round 0 sends.
-    init(vm: VM, lz4: Bool) throws {
+    /// Turns every disk's dirty log on, then lists the extents round 0 sends; the `skipping`
+    /// volumes (the target has them as in-sync mirrors) are left out.
+    init(vm: VM, lz4: Bool, skipping: Set<String> = []) throws {
         var disks: [Disk] = []
-        for d in vm.devices.all.compactMap({ $0 as? VirtioBlockDevice }) {
+        for d in vm.devices.all.compactMap({ $0 as? VirtioBlockDevice }) where !skipping.contains(d.volume) {
             let fd = try Self.openImage(d.path)
             disks.append(Disk(name: d.volume, path: d.path, fd: fd, bytes: d.capacity * VirtioBlock.sectorSize, log: d.dirtyLog))
         }

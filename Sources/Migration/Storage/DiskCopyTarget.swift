@@ -19,11 +19,12 @@ final class DiskCopyTarget {
     let verify: Bool
     private var discarded = false
 
-    /// Every reason the `copy` disks of `disks` cannot take `plan` (empty: they can).
-    static func problems(_ plan: StorageCopyPlan, disks: [DiskConfig], command: String) -> [String] {
+    /// Every reason the `copy` disks of `disks` cannot take `plan` (empty: they can); the
+    /// `present` volumes (in-sync mirrors here) need no copy.
+    static func problems(_ plan: StorageCopyPlan, disks: [DiskConfig], command: String, present: Set<String> = []) -> [String] {
         var out: [String] = []
         let copies = disks.filter(\.copy)
-        for v in plan.volumes {
+        for v in plan.volumes where !present.contains(v.name) {
             guard let d = copies.first(where: { $0.volume == v.name }) else {
                 out.append("the source copies volume '\(v.name)' but \(command) has no --disk vol=\(v.name),path=FILE,copy for it")
                 continue
@@ -53,12 +54,14 @@ final class DiskCopyTarget {
         return nil
     }
 
-    /// Creates or truncates every copied volume's file to its size.
-    init(plan: StorageCopyPlan, disks configs: [DiskConfig]) throws {
+    /// Creates or truncates every copied volume's file to its size; the `present` volumes (in-sync
+    /// mirrors here) are left alone and out of the copy (the source leaves them out too, so both
+    /// number the rest alike).
+    init(plan: StorageCopyPlan, disks configs: [DiskConfig], present: Set<String> = []) throws {
         verify = plan.verify
         var disks: [Disk] = []
         do {
-            for v in plan.volumes {
+            for v in plan.volumes where !present.contains(v.name) {
                 guard let c = configs.first(where: { $0.copy && $0.volume == v.name }) else {
                     throw MigrationError.refused("volume '\(v.name)' has no copy disk here")
                 }
@@ -142,8 +145,8 @@ final class DiskCopyTarget {
 
 extension DiskCopyTarget {
     /// The target for `plan`, or nil when nothing is copied.
-    static func prepare(_ plan: StorageCopyPlan, disks: [DiskConfig]) throws -> DiskCopyTarget? {
-        plan.volumes.isEmpty ? nil : try DiskCopyTarget(plan: plan, disks: disks)
+    static func prepare(_ plan: StorageCopyPlan, disks: [DiskConfig], present: Set<String> = []) throws -> DiskCopyTarget? {
+        plan.volumes.isEmpty ? nil : try DiskCopyTarget(plan: plan, disks: disks, present: present)
     }
 }
 

@@ -67,7 +67,7 @@ enum MirrorCheck {
     enum Verdict: Equatable { case present, notAMirror, problem(String) }
 
     static func verdict(_ c: MirrorClaim, disks: [DiskConfig]) -> Verdict {
-        guard let d = disks.first(where: { $0.volume == c.volume && !$0.copy }) else { return .notAMirror }
+        guard let d = disks.first(where: { $0.volume == c.volume }) else { return .notAMirror }
         guard let theirs = MirrorIdentity.read(path: d.path) else { return .notAMirror }
         guard theirs == c.generation else {
             return .problem("volume '\(c.volume)': \(d.path) is a stale mirror (generation \(theirs.prefix(8))…, the source's mirror is at \(c.generation.prefix(8))…)")

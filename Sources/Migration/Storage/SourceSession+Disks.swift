@@ -9,7 +9,7 @@ extension DiskCopySource {
 extension SourceSession {
     func startDiskCopy() throws {
         guard options.copyStorage else { return }
-        let copy = try DiskCopySource(vm: vm, lz4: options.compression == .lz4)
+        let copy = try DiskCopySource(vm: vm, lz4: options.compression == .lz4, skipping: Set(mirrorSkips.map(\.volume)))
         diskCopy = copy
         let bytes = copy.disks.reduce(UInt64(0)) { $0 + $1.bytes }
         let allocated = copy.bulkBytes

@@ -82,7 +82,8 @@ final class TargetPreCheck: MigrationStep {
         if desc.dryRun { try Self.dryRun(desc, s) }
         s.target.closeListener()
         try Self.check(desc, s.options)
-        s.diskCopy = try DiskCopyTarget.prepare(desc.storage, disks: s.options.machine.disks)
+        let present = MirrorCheck.present(desc.mirrors, disks: s.options.machine.disks)
+        s.diskCopy = try DiskCopyTarget.prepare(desc.storage, disks: s.options.machine.disks, present: Set(present))
         let vm = try s.options.machine.build(desc)
         s.vm = vm
         s.description = desc
@@ -96,7 +97,7 @@ final class TargetPreCheck: MigrationStep {
         if let own = try? vm.saveMachineState() { _ = try? vm.prepareMachineState(FDTCodec.decode(FDTCodec.encode(own))) }
         vm.start(paused: true)
         vm.devices.quiesce()
-        try conn.send(Accept(name: vm.config.name, mirrorVolumes: MirrorCheck.present(desc.mirrors, disks: s.options.machine.disks)))
+        try conn.send(Accept(name: vm.config.name, mirrorVolumes: present))
         Faults.hit(.afterPrecheck, .target, conn)
         s.progress.update { $0.memoryBytes = desc.memorySize }
     }
@@ -131,7 +132,8 @@ final class TargetPreCheck: MigrationStep {
         } catch { out.append("\(error)") }
         if let tsc = tscProblem(desc, options) { out.append(tsc) }
         return out + options.machine.deviceProblems(desc)
-            + DiskCopyTarget.problems(desc.storage, disks: options.machine.disks, command: options.machine.command)
+            + DiskCopyTarget.problems(desc.storage, disks: options.machine.disks, command: options.machine.command,
+                                      present: Set(MirrorCheck.present(desc.mirrors, disks: options.machine.disks)))
             + MirrorCheck.problems(desc.mirrors, disks: options.machine.disks)
     }
 
