@@ -69,11 +69,11 @@ enum MirrorCheck {
     static func verdict(_ c: MirrorClaim, disks: [DiskConfig]) -> Verdict {
         guard let d = disks.first(where: { $0.volume == c.volume }) else { return .notAMirror }
         guard let theirs = MirrorIdentity.read(path: d.path) else { return .notAMirror }
+        guard c.inSync else {
+            return .problem("volume '\(c.volume)': \(d.path) is a mirror, but the source's mirror is out of sync (\(ByteSize.format(c.dirtyBytes)) to copy): run swiftvmm mirror-resync on the source first")
+        }
         guard theirs == c.generation else {
             return .problem("volume '\(c.volume)': \(d.path) is a stale mirror (generation \(theirs.prefix(8))…, the source's mirror is at \(c.generation.prefix(8))…)")
-        }
-        guard c.inSync else {
-            return .problem("volume '\(c.volume)': \(d.path) is the guest's mirror but it is out of sync on the source (\(ByteSize.format(c.dirtyBytes)) to copy): run swiftvmm mirror-resync on the source first")
         }
         var st = stat()
         guard stat(d.path, &st) == 0, st.st_size > 0,
