@@ -30,6 +30,8 @@ public enum ControlCommand: Sendable {
     case migrateDryRun(Endpoint)
     /// Save the guest to a snapshot file (an absolute path), then stop it or leave it running.
     case save(path: String, options: SaveOptions)
+    /// Copy to every out-of-sync mirror the blocks it missed.
+    case mirrorResync
 
     /// Every command and the arguments it takes (anything else is refused, as QEMU does).
     public static let table: [(name: String, arguments: Set<String>)] = [
@@ -40,6 +42,7 @@ public enum ControlCommand: Sendable {
         ("migrate-set-parameters", MigrationParameters.names), ("query-migrate-parameters", []),
         ("x-swiftvmm-query-status", []), ("x-swiftvmm-dump-state", ["path"]), ("x-swiftvmm-migrate-dry-run", ["uri"]),
         ("x-swiftvmm-save", ["path", "leave-running"]),
+        ("x-swiftvmm-mirror-resync", []),
     ]
 
     /// Every command name, for `query-commands`.
@@ -78,6 +81,7 @@ public enum ControlCommand: Sendable {
                 o.leaveRunning = b
             }
             self = .save(path: path, options: o)
+        case "x-swiftvmm-mirror-resync": self = .mirrorResync
         default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
         }
     }

@@ -105,6 +105,7 @@ public final class MachineController: @unchecked Sendable {
         case .dumpState(let path): return dumpState(path)
         case .migrateDryRun(let endpoint): return dryRun(to: endpoint)
         case .save(let path, let options): return save(path, options, client: client)
+        case .mirrorResync: return mirrorResync()
         }
     }
 
@@ -197,6 +198,7 @@ public final class MachineController: @unchecked Sendable {
             d["cpus"] = vm.cpus.count
             d["cpu_model"] = vm.config.cpuModel.name
             d["unclaimed_io"] = vm.devices.pio.unclaimed.load(ordering: .relaxed) + vm.devices.mmio.unclaimed.load(ordering: .relaxed)
+            d["disks"] = Self.disks(vm)
         } else {
             d["status"] = "inmigrate"
         }

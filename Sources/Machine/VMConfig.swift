@@ -10,6 +10,8 @@ public struct DiskConfig: Sendable, Equatable {
     /// On a migration target: the image arrives in the stream (`send --copy-storage`); the
     /// file is created or truncated to the volume's size.
     public var copy = false
+    /// A second file every write goes to as well (`mirror=Q`): a standby copy of the disk.
+    public var mirror: String?
 
     public init(path: String, volume: String? = nil, readonly: Bool = false) {
         self.path = path
@@ -23,18 +25,22 @@ public struct DiskConfig: Sendable, Equatable {
         var volume: String?
         var readonly = false
         var copy = false
+        var mirror: String?
         for (k, v) in OptionList.pairs(spec) {
             switch k {
             case "path": path = v
             case "vol": volume = v
             case "readonly", "ro": readonly = v.isEmpty || v == "on" || v == "true"
             case "copy": copy = v.isEmpty || v == "on" || v == "true"
-            default: throw .config("--disk '\(spec)': unknown key '\(k)' (expected path=, vol=, readonly, copy)")
+            case "mirror": mirror = v
+            default: throw .config("--disk '\(spec)': unknown key '\(k)' (expected path=, vol=, readonly, copy, mirror=)")
             }
         }
         guard let p = path, !p.isEmpty else { throw .config("--disk '\(spec)' has no path=") }
         var disk = DiskConfig(path: p, volume: volume, readonly: readonly)
         disk.copy = copy
+        disk.mirror = mirror
+        if let m = mirror, m.isEmpty || m == p || readonly { throw .config("--disk '\(spec)': mirror= needs another file, and a writable disk") }
         guard !disk.volume.isEmpty else { throw .config("--disk '\(spec)': empty vol=") }
         return disk
     }

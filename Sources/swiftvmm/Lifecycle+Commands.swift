@@ -39,6 +39,17 @@ struct QuitCommand: ParsableCommand {
     func run() throws { try execute(vm, "quit", done: "quit") }
 }
 
+struct MirrorResyncCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mirror-resync",
+        abstract: "Bring every out-of-sync disk mirror (--disk path=P,mirror=Q) up to date: copies only the blocks written since it fell behind.")
+
+    @Argument(help: "The VM: its API socket path, or its --name.")
+    var vm: String
+
+    func run() throws { try execute(vm, "x-swiftvmm-mirror-resync", done: "mirrors in sync") }
+}
+
 /// Sends `command` to `vm`'s control socket and prints `done`, or fails with the reply's reason.
 private func execute(_ vm: String, _ command: String, done: String) throws {
     do { _ = try ControlClient(path: apiSocketPath(for: vm)).execute(command) } catch { throw fail("\(error)") }

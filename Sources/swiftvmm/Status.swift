@@ -25,6 +25,14 @@ struct StatusCommand: ParsableCommand {
         print("status:  \(s["status"] as? String ?? "?")")
         if let m = s["memory_bytes"] { print("memory:  \(ByteSize.format(UInt64(Progress.num(m))))") }
         if let c = s["cpus"] { print("vcpus:   \(Int(Progress.num(c)))" + ((s["cpu_model"] as? String).map { " (CPU model \($0))" } ?? "")) }
+        for d in s["disks"] as? [[String: Any]] ?? [] {
+            var line = "disk:    \(d["volume"] as? String ?? "?") \(d["path"] as? String ?? "?")"
+            if let m = d["mirror"] as? [String: Any] {
+                line += ", mirror \(m["path"] as? String ?? "?") \(m["state"] as? String ?? "?")"
+                if let r = m["reason"] as? String { line += " (\(r); \(Int(Progress.num(m["missed_blocks"]))) blocks missed)" }
+            }
+            print(line)
+        }
         if let m = s["migration"] as? [String: Any] {
             print("migration (\(s["role"] as? String ?? "?")): \(Progress.line(m))")
             print(String(format: "  peer %@, %.1f MB on the wire, elapsed %.1f s", (m["peer"] as? String ?? "") as NSString,

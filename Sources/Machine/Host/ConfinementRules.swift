@@ -35,7 +35,9 @@ enum ConfinementRules {
     /// A QMP client thread and the event thread: its socket, the files `x-swiftvmm-dump-state` writes, and a thread per migration.
     static let control = common + ["poll", "sendto", "sendmsg", "recvfrom", "setsockopt", "shutdown", "openat", "newfstatat",
                                    "fstat", "statx", "fcntl", "ioctl", "unlink", "rename", "renameat", "renameat2", "getsockopt",
-                                   "fsync", "fdatasync", "seccomp"]
+                                   "fsync", "fdatasync", "seccomp",
+                                   // `mirror-resync` copies blocks from a disk to its mirror.
+                                   "pread64", "pwrite64"]
 
     /// A migration and its helpers (the memory-slot thread, the throttle ticker): sockets, the
     /// dirty log, residency of guest pages, the target's machine (KVM, disk images, TAPs); and

@@ -39,6 +39,9 @@ public final class DiskDirtyLog: Sendable {
         }
     }
 
+    /// Blocks marked since the last `collect()`.
+    func peekCount() -> Int { bitmap.withLock { $0?.reduce(0) { $0 + $1.nonzeroBitCount } ?? 0 } }
+
     /// The blocks written since the last call (indices, ascending), and the log cleared.
     public func collect() -> [Int] {
         let words = bitmap.withLock { b -> [UInt64] in

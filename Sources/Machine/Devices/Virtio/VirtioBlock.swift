@@ -71,6 +71,8 @@ public final class VirtioBlock: VirtioDevice {
     public let features: UInt64
     /// Blocks written while a migration copies this disk.
     public let dirtyLog: DiskDirtyLog
+    /// The file every write is duplicated to (`--disk …,mirror=Q`), if any.
+    public let mirror: DiskMirror?
     let memory: GuestMemory
     private let fd: Int32
 
@@ -80,7 +82,7 @@ public final class VirtioBlock: VirtioDevice {
     public var volumeName: String? { volume }
 
     /// Opens `path` (read-only with `readonly`). The image must be a non-empty multiple of 512 bytes.
-    public init(path: String, volume: String, readonly: Bool, memory: GuestMemory) throws(VirtioError) {
+    public init(path: String, volume: String, readonly: Bool, memory: GuestMemory, mirror: String? = nil) throws(VirtioError) {
         let fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard fd >= 0 else {
             let e = errno
@@ -110,6 +112,9 @@ public final class VirtioBlock: VirtioDevice {
         self.readonly = readonly
         self.capacity = size / Self.sectorSize
         self.dirtyLog = DiskDirtyLog(bytes: size)
+        if let m = mirror {
+            do throws(VirtioError) { self.mirror = try DiskMirror(path: m, bytes: size) } catch { close(fd); throw error }
+        } else { self.mirror = nil }
         self.memory = memory
         var features = VirtioSpec.Feature.version1 | VirtioSpec.Feature.ringEventIdx | VirtioSpec.Feature.ringIndirectDesc
             | Feature.sizeMax | Feature.segMax | Feature.blockSize | Feature.flush
@@ -227,6 +232,7 @@ public final class VirtioBlock: VirtioDevice {
             while fdatasync(fd) != 0 {
                 if errno != EINTR { return (.ioError, 0) }
             }
+            mirror?.flush()
             return (.ok, 0)
         case .getID:
             guard data.allSatisfy({ $0.writable }) else { return (.ioError, 0) }
@@ -255,6 +261,7 @@ public final class VirtioBlock: VirtioDevice {
             guard n > 0 else { return false }
             done += n
         }
+        if writing { mirror?.write(p, length: length, offset: fileOffset) }
         return true
     }
 
@@ -289,4 +296,6 @@ extension VirtioMMIODevice where Device == VirtioBlock {
     public var capacity: UInt64 { device.capacity }
     /// Blocks written while a migration copies this disk.
     public var dirtyLog: DiskDirtyLog { device.dirtyLog }
+    /// The mirror every write is duplicated to, if any.
+    public var mirror: DiskMirror? { device.mirror }
 }
