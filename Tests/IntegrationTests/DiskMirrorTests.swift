@@ -109,5 +109,19 @@ struct DiskMirrorGuestTests {
         #expect(sh("cmp -s '\(image)' '\(mirror)'").status != 0, "the target wrote to the mirror file, not the primary")
     }
 
+    @Test("a mirror of another size, one on a read-only disk, or the disk itself as its mirror is refused in one line")
+    func badMirrorsRefusedInOneLine() throws {
+        let rig = try MigrationRig()
+        let primary = rig.path("p.img"), mirror = rig.path("m.img")
+        try sparseImage(primary, bytes: 1 << 20)
+        try sparseImage(mirror, bytes: 2 << 20)
+        for (disk, words) in [("path=\(primary),mirror=\(mirror)", "must be the disk's size"),
+                              ("path=\(primary),mirror=\(mirror),readonly", "read-only disk needs no mirror"),
+                              ("path=\(primary),mirror=\(primary)", "the mirror is the disk itself")] {
+            let r = try runSwiftVMM(["run", "--kernel", Paths.guest("hello.elf"), "--disk", disk], timeout: 60)
+            #expect(r.status == 2 && r.stderr.split(separator: "\n").count == 1 && r.stderr.contains(words), "\(r.stderr)")
+        }
+    }
+
     static func number(_ v: Any?) -> Double { (v as? NSNumber)?.doubleValue ?? 0 }
 }

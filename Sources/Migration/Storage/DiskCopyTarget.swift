@@ -122,13 +122,19 @@ final class DiskCopyTarget {
         }
     }
 
-    /// Makes every image durable (and hashes it when the source asked): before `ready`.
-    func finish() throws -> [String: String]? {
+    /// Makes every image durable. Done at the end of every round too, so that the one before
+    /// `ready` (in the guest's downtime) only has the last blocks to write back.
+    func sync() throws {
         for d in disks {
             while fsync(d.fd) != 0 {
                 if errno != EINTR { throw MigrationError.machine("fsync \(d.path): \(String(cString: strerror(errno)))") }
             }
         }
+    }
+
+    /// Makes every image durable (and hashes it when the source asked): before `ready`.
+    func finish() throws -> [String: String]? {
+        try sync()
         guard verify else { return nil }
         var out: [String: String] = [:]
         for d in disks { out[d.name] = try DiskHash.sha256(fd: d.fd, bytes: d.bytes, path: d.path) }

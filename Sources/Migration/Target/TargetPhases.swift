@@ -197,6 +197,7 @@ final class TargetReceive: MigrationStep {
                 // Memory slots must exist before the stop-and-copy: wait for them here, in
                 // pre-copy, so the guest's downtime never does.
                 try s.slots?.wait()
+                try s.diskCopy?.sync()
                 let end = try section.message(RoundEnd.self)
                 round = end.round + 1
                 try conn.send(RoundAck())
