@@ -91,7 +91,12 @@ extension DiskMirror {
     /// recorded in the file: in sync.
     private func finishPass() {
         defer { cond.broadcast() }
-        guard phase == .resyncing, !closing, dirty.count == 0 else { return }
+        guard phase == .resyncing, !closing else { return }
+        guard dirty.count == 0 else {
+            // Blocks left behind: another pass (never expected, as writes go to both meanwhile).
+            request = request ?? false
+            return
+        }
         guard syncLocked() else { return }
         generation = MirrorIdentity.newGeneration()
         identityRecorded = MirrorIdentity.record(generation, fd: fd, path: path)
