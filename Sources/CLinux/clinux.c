@@ -4,6 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/prctl.h>
+#include <sys/xattr.h>
 #include <sys/syscall.h>
 
 int clinux_tap_open(const char *name, short flags, char *actual_name, size_t actual_len) {
@@ -103,4 +104,12 @@ int clinux_try_execve(void) {
     char *argv[] = { "/bin/true", NULL };
     char *envp[] = { NULL };
     return execve("/bin/true", argv, envp) < 0 ? -errno : 0;
+}
+
+int clinux_fsetxattr(int fd, const char *name, const void *value, size_t size) {
+    return fsetxattr(fd, name, value, size, 0);
+}
+
+long clinux_getxattr(const char *path, const char *name, void *value, size_t size) {
+    return (long)getxattr(path, name, value, size);
 }

@@ -30,6 +30,9 @@ public enum ControlCommand: Sendable {
     case migrateDryRun(Endpoint)
     /// Save the guest to a snapshot file (an absolute path), then stop it or leave it running.
     case save(path: String, options: SaveOptions)
+    /// Copy to each mirror (or `volume`'s) the blocks written since it fell out of sync; waits
+    /// until it is in sync again.
+    case mirrorResync(volume: String?)
 
     /// Every command and the arguments it takes (anything else is refused, as QEMU does).
     public static let table: [(name: String, arguments: Set<String>)] = [
@@ -39,7 +42,7 @@ public enum ControlCommand: Sendable {
         ("migrate", ["uri", "detach", "resume"]), ("migrate_cancel", []), ("query-migrate", []),
         ("migrate-set-parameters", MigrationParameters.names), ("query-migrate-parameters", []),
         ("x-swiftvmm-query-status", []), ("x-swiftvmm-dump-state", ["path"]), ("x-swiftvmm-migrate-dry-run", ["uri"]),
-        ("x-swiftvmm-save", ["path", "leave-running"]),
+        ("x-swiftvmm-save", ["path", "leave-running"]), ("x-swiftvmm-mirror-resync", ["volume"]),
     ]
 
     /// Every command name, for `query-commands`.
@@ -78,6 +81,7 @@ public enum ControlCommand: Sendable {
                 o.leaveRunning = b
             }
             self = .save(path: path, options: o)
+        case "x-swiftvmm-mirror-resync": self = .mirrorResync(volume: try Arguments.optionalString(a, "volume"))
         default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
         }
     }

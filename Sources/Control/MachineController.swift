@@ -105,6 +105,7 @@ public final class MachineController: @unchecked Sendable {
         case .dumpState(let path): return dumpState(path)
         case .migrateDryRun(let endpoint): return dryRun(to: endpoint)
         case .save(let path, let options): return save(path, options, client: client)
+        case .mirrorResync(let volume): return mirrorResync(volume: volume)
         }
     }
 
@@ -197,6 +198,8 @@ public final class MachineController: @unchecked Sendable {
             d["cpus"] = vm.cpus.count
             d["cpu_model"] = vm.config.cpuModel.name
             d["unclaimed_io"] = vm.devices.pio.unclaimed.load(ordering: .relaxed) + vm.devices.mmio.unclaimed.load(ordering: .relaxed)
+            let mirrors = Self.mirrorsJSON(vm)
+            if !mirrors.isEmpty { d["mirrors"] = mirrors }
         } else {
             d["status"] = "inmigrate"
         }

@@ -19,6 +19,9 @@ public struct MigrationParameters: Sendable {
     public var streamVersion: UInt32 = Wire.streamVersion
     /// Test hook: wait this long before the commit.
     public var holdBeforeCommitMs: UInt64 = 0
+    /// Copy the disks in the stream (QEMU's block migration), and verify them at the pause.
+    public var copyStorage = false
+    public var verifyStorage = false
 
     public init() {}
 
@@ -26,6 +29,7 @@ public struct MigrationParameters: Sendable {
     public static let names: Set<String> = [
         "downtime-limit", "max-bandwidth", "x-swiftvmm-max-time", "x-swiftvmm-timeout", "x-swiftvmm-auto-converge",
         "x-swiftvmm-compress", "x-swiftvmm-key", "x-swiftvmm-stream-version", "x-swiftvmm-hold-before-commit-ms",
+        "x-swiftvmm-copy-storage", "x-swiftvmm-verify-storage",
     ]
 
     /// `query-migrate-parameters`: every parameter but the key, which shows as `x-swiftvmm-sealed`.
@@ -33,7 +37,8 @@ public struct MigrationParameters: Sendable {
         ["downtime-limit": downtimeLimitMs, "max-bandwidth": maxBandwidth, "x-swiftvmm-max-time": maxTime,
          "x-swiftvmm-timeout": timeout, "x-swiftvmm-auto-converge": autoConverge, "x-swiftvmm-compress": compression.rawValue,
          "x-swiftvmm-sealed": key != nil, "x-swiftvmm-stream-version": Int(streamVersion),
-         "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs]
+         "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs,
+         "x-swiftvmm-copy-storage": copyStorage, "x-swiftvmm-verify-storage": verifyStorage]
     }
 
     /// The options of a migration to `endpoint` under these parameters.
@@ -48,6 +53,8 @@ public struct MigrationParameters: Sendable {
         o.key = key
         o.streamVersion = streamVersion
         o.holdBeforeCommitMs = Double(holdBeforeCommitMs)
+        o.copyStorage = copyStorage
+        o.verifyStorage = verifyStorage
         return o
     }
 
@@ -62,6 +69,8 @@ public struct MigrationParameters: Sendable {
         if let v = change.key { key = v.isEmpty ? nil : v }
         if let v = change.streamVersion { streamVersion = v }
         if let v = change.holdBeforeCommitMs { holdBeforeCommitMs = v }
+        if let v = change.copyStorage { copyStorage = v }
+        if let v = change.verifyStorage { verifyStorage = v }
     }
 
     /// The arguments of one `migrate-set-parameters`, checked; nil for what it leaves alone.
@@ -76,6 +85,8 @@ public struct MigrationParameters: Sendable {
         public var key: [UInt8]?
         public var streamVersion: UInt32?
         public var holdBeforeCommitMs: UInt64?
+        public var copyStorage: Bool?
+        public var verifyStorage: Bool?
 
         public init(_ a: [String: Any]) throws(QMPError) {
             downtimeLimitMs = try Self.number(a, "downtime-limit", "milliseconds")
@@ -98,6 +109,8 @@ public struct MigrationParameters: Sendable {
             }
             streamVersion = try Arguments.unsigned(a, "x-swiftvmm-stream-version").map { UInt32(clamping: $0) }
             holdBeforeCommitMs = try Arguments.unsigned(a, "x-swiftvmm-hold-before-commit-ms")
+            copyStorage = try Arguments.bool(a, "x-swiftvmm-copy-storage")
+            verifyStorage = try Arguments.bool(a, "x-swiftvmm-verify-storage")
         }
 
         private static func number(_ a: [String: Any], _ key: String, _ unit: String) throws(QMPError) -> Double? {

@@ -159,6 +159,7 @@ public final class VM: @unchecked Sendable {
             return
         }
         runner.start(paused: paused)
+        if !paused { beginMirrorSyncs() }
     }
     /// Blocks until the machine stops, then returns why. vCPU threads have all left by then.
     public func waitForStop() -> StopReason { runner.waitForStop() }
@@ -168,7 +169,13 @@ public final class VM: @unchecked Sendable {
     /// Pauses every vCPU at a safe point; false if the machine stopped instead.
     @discardableResult
     public func pause() -> Bool { runner.pause() }
-    public func resume() { runner.resume() }
+    public func resume() {
+        runner.resume()
+        beginMirrorSyncs()
+    }
+
+    /// Once the guest runs here, each mirror's first sync compares it with its disk.
+    private func beginMirrorSyncs() { for d in devices.disks { d.mirror?.beginInitialSync() } }
     public var isPaused: Bool { runner.isPaused }
 
     /// Holds the machine still for a capture of its state (a migration's stop-and-copy, a save,

@@ -7,6 +7,11 @@ public struct DiskConfig: Sendable, Equatable {
     /// The name a migration target matches the disk by (default: the file name).
     public var volume: String
     public var readonly: Bool
+    /// On a migration target: the image arrives in the stream (`send --copy-storage`); the
+    /// file is created or truncated to the volume's size.
+    public var copy = false
+    /// A second image every guest write also goes to (`mirror=Q`).
+    public var mirror: String?
 
     public init(path: String, volume: String? = nil, readonly: Bool = false) {
         self.path = path
@@ -19,16 +24,26 @@ public struct DiskConfig: Sendable, Equatable {
         var path: String?
         var volume: String?
         var readonly = false
+        var copy = false
+        var mirror: String?
         for (k, v) in OptionList.pairs(spec) {
             switch k {
             case "path": path = v
             case "vol": volume = v
             case "readonly", "ro": readonly = v.isEmpty || v == "on" || v == "true"
-            default: throw .config("--disk '\(spec)': unknown key '\(k)' (expected path=, vol=, readonly)")
+            case "copy": copy = v.isEmpty || v == "on" || v == "true"
+            case "mirror":
+                guard !v.isEmpty else { throw .config("--disk '\(spec)': empty mirror=") }
+                mirror = v
+            default: throw .config("--disk '\(spec)': unknown key '\(k)' (expected path=, vol=, readonly, copy, mirror)")
             }
         }
         guard let p = path, !p.isEmpty else { throw .config("--disk '\(spec)' has no path=") }
-        let disk = DiskConfig(path: p, volume: volume, readonly: readonly)
+        var disk = DiskConfig(path: p, volume: volume, readonly: readonly)
+        disk.copy = copy
+        disk.mirror = mirror
+        if mirror != nil && readonly { throw .config("--disk '\(spec)': a read-only disk needs no mirror") }
+        if mirror == p { throw .config("--disk '\(spec)': the mirror is the disk itself") }
         guard !disk.volume.isEmpty else { throw .config("--disk '\(spec)': empty vol=") }
         return disk
     }

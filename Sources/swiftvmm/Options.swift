@@ -4,8 +4,8 @@ import Machine
 
 /// Devices, for `run` and `recv`.
 struct DeviceOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("A virtio-blk disk over a raw image file. vol= names it; a migration target matches disks by that name, so the path may differ there (default name: the file name).",
-                               valueName: "[vol=NAME,]path=P[,readonly]"))
+    @Option(help: ArgumentHelp("A virtio-blk disk over a raw image file. vol= names it; a migration target matches disks by that name, so the path may differ there (default name: the file name). mirror=Q writes every guest write to Q as well (see mirror-resync); on recv, copy takes the image from a send --copy-storage.",
+                               valueName: "[vol=NAME,]path=P[,readonly][,mirror=Q][,copy]"))
     var disk: [String] = []
 
     @Option(help: ArgumentHelp("A virtio-net NIC on a TAP interface (created if absent and allowed; multi-queue, so a migration peer on this host can share it).",
@@ -13,7 +13,11 @@ struct DeviceOptions: ParsableArguments {
     var net: [String] = []
 
     func disks() throws -> [DiskConfig] {
-        do { return try disk.map(DiskConfig.parse) } catch { throw fail("\(error)") }
+        do {
+            let disks = try disk.map(DiskConfig.parse)
+            for d in disks { try d.refuseNonRawImage() }
+            return disks
+        } catch { throw fail("\(error)") }
     }
 
     func nics() throws -> [NICConfig] {

@@ -21,6 +21,10 @@ enum Progress {
                        Int(num(p["round"])), num(p["predicted_downtime_ms"]))
         let t = Int(num(p["throttle_percent"]))
         if t > 0 { s += "  throttle \(t)%" }
+        if num(p["disk_bytes"]) > 0 {
+            s += String(format: "  disk %.1f/%.1f MB, %.1f MB sent, %d dirty blocks", num(p["disk_covered_bytes"]) / 1e6,
+                        num(p["disk_allocated_bytes"]) / 1e6, num(p["disk_bytes_on_wire"]) / 1e6, Int(num(p["disk_dirty_blocks"])))
+        }
         return s
     }
 
@@ -32,6 +36,11 @@ enum Progress {
                        Int(num(r["pages_sent"])), Int(num(r["zero_pages"])))
         let t = Int(num(r["max_throttle_percent"]))
         if t > 0 { s += ", throttled up to \(t)%" }
+        if num(r["disk_bytes"]) > 0 {
+            s += String(format: "; disk: %.1f MB on the wire for %.1f MB allocated of %.1f MB, %d blocks in the pause",
+                        num(r["disk_bytes_on_wire"]) / 1e6, num(r["disk_allocated_bytes"]) / 1e6, num(r["disk_bytes"]) / 1e6,
+                        Int(num(r["disk_final_blocks"])))
+        }
         return s
     }
 }

@@ -48,6 +48,12 @@ struct Send: ParsableCommand {
     @Flag(help: "Only check that the guest could move: connect, authenticate, have the target run every pre-check and build the machine paused, then tear it down. Prints `eligible` (exit 0) or every reason it is not (exit 2); the guest never pauses and recv goes on waiting.")
     var dryRun = false
 
+    @Flag(help: "Copy the guest's disks in the stream, for a target without shared storage (its recv gives each volume a --disk vol=NAME,path=P,copy).")
+    var copyStorage = false
+
+    @Flag(help: "With --copy-storage: hash every image on both sides at the pause and commit only when they match (adds the hashing time to the downtime).")
+    var verifyStorage = false
+
     @Option(help: .hidden)
     var streamVersion: Int?
 
@@ -99,7 +105,9 @@ struct Send: ParsableCommand {
                                    "x-swiftvmm-compress": compress, "x-swiftvmm-auto-converge": autoConverge == "on",
                                    "x-swiftvmm-max-time": 0, "x-swiftvmm-key": "",
                                    "x-swiftvmm-stream-version": streamVersion ?? Int(Wire.streamVersion),
-                                   "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs ?? 0]
+                                   "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs ?? 0,
+                                   "x-swiftvmm-copy-storage": copyStorage, "x-swiftvmm-verify-storage": verifyStorage]
+        if verifyStorage && !copyStorage { throw fail("--verify-storage needs --copy-storage") }
         if let b = maxBandwidth {
             guard let rate = ByteSize.parse(b), rate > 0 else { throw fail("--max-bandwidth '\(b)' is not a rate like 100M") }
             args["max-bandwidth"] = rate

@@ -72,10 +72,11 @@ struct Restore: ParsableCommand {
 
     func run() throws {
         try hostCPU.validate()
+        let disks = try devices.disks()
         let snapshot: SnapshotFile
         do { snapshot = try SnapshotFile(path: file) } catch { throw fail("\(error)") }
         var options = RestoreOptions(machine: TargetMachineBuilder(
-            name: name, serial: try console.sink(), disks: try devices.disks(), nics: try devices.nics(),
+            name: name, serial: try console.sink(), disks: disks, nics: try devices.nics(),
             cpuidDeny: hostCPU.cpuFeatureDeny, kvmDevice: hostCPU.kvmDevice))
         options.prefault = prefault
         options.allowTSCMismatch = allowTSCMismatch

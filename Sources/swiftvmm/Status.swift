@@ -25,6 +25,7 @@ struct StatusCommand: ParsableCommand {
         print("status:  \(s["status"] as? String ?? "?")")
         if let m = s["memory_bytes"] { print("memory:  \(ByteSize.format(UInt64(Progress.num(m))))") }
         if let c = s["cpus"] { print("vcpus:   \(Int(Progress.num(c)))" + ((s["cpu_model"] as? String).map { " (CPU model \($0))" } ?? "")) }
+        for m in s["mirrors"] as? [[String: Any]] ?? [] { print(MirrorResync.line(m)) }
         if let m = s["migration"] as? [String: Any] {
             print("migration (\(s["role"] as? String ?? "?")): \(Progress.line(m))")
             print(String(format: "  peer %@, %.1f MB on the wire, elapsed %.1f s", (m["peer"] as? String ?? "") as NSString,

@@ -19,7 +19,7 @@ struct SwiftVMM: ParsableCommand {
         clean stop; 2 for an error of the VMM or its input; 3 when the guest crashed.
         """,
         subcommands: [Run.self, Recv.self, Send.self, Save.self, Restore.self, StatusCommand.self, Cancel.self, StopCommand.self, ContCommand.self,
-                      QuitCommand.self, Inspect.self, CPUFeatures.self, CPUBaseline.self],
+                      QuitCommand.self, MirrorResync.self, Inspect.self, CPUFeatures.self, CPUBaseline.self],
         defaultSubcommand: nil)
 
     static func main() {

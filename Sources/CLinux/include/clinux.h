@@ -87,4 +87,8 @@ static inline void clinux_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST);
 static inline uint16_t clinux_load_acquire16(const uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void clinux_store_release16(uint16_t *p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
+/// Extended attributes (a disk mirror's generation): 0 / the value's length, or -1 with errno.
+int clinux_fsetxattr(int fd, const char *name, const void *value, size_t size);
+long clinux_getxattr(const char *path, const char *name, void *value, size_t size);
+
 #endif

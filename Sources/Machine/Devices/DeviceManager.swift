@@ -53,7 +53,7 @@ public final class DeviceManager: Sendable {
         guard !volumes.contains(disk.volume) else { throw .config("volume name '\(disk.volume)' is used twice") }
         let memory = self.memory
         return try attach { base, interrupt throws(VirtioError) in
-            try VirtioMMIODevice(device: VirtioBlock(path: disk.path, volume: disk.volume, readonly: disk.readonly, memory: memory),
+            try VirtioMMIODevice(device: VirtioBlock(path: disk.path, volume: disk.volume, readonly: disk.readonly, mirror: disk.mirror, memory: memory),
                                  base: base, memory: memory, interrupt: interrupt)
         }
     }

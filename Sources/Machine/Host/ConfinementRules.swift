@@ -19,6 +19,10 @@ enum ConfinementRules {
         "timerfd_create", "timerfd_settime", "pipe2",
         "socket", "bind", "listen", "accept", "accept4", "connect", "shutdown", "sendto", "sendmsg", "recvfrom",
         "recvmsg", "setsockopt", "getsockopt", "getsockname", "getpeername", "set_tid_address", "readlink",
+        // A target of `send --copy-storage` checks its file system's free space.
+        "statfs", "fstatfs",
+        // A disk mirror records its generation (and a migration target reads it).
+        "fsetxattr", "getxattr",
         // A thread confines itself further when it starts; filters only ever narrow.
         "seccomp",
     ]

@@ -28,6 +28,10 @@ public struct MachineDescription: Sendable, Equatable {
     /// Only check and build, then tear down (`send --dry-run`); required of the target, so that
     /// one that does not know dry runs refuses rather than starts a real migration.
     public var dryRun = false
+    /// The disks that travel in the stream (`send --copy-storage`).
+    public var storage = StorageCopyPlan()
+    /// The guest's mirrored volumes: a target whose file is an in-sync mirror moves no disk data.
+    public var mirrors: [MirrorClaim] = []
 
     public init(name: String, uuid: String, vmmVersion: String, memorySize: UInt64, cpus: Int,
                 cpuid: [CPUIDEntry], devices: [Device], tscKHz: UInt32, cpuModel: String = "host") {
@@ -46,7 +50,7 @@ public struct MachineDescription: Sendable, Equatable {
 
     public var stateNode: StateNode {
         var root = StateNode(name: "")
-        let required = Wire.requiredFeatures + (dryRun ? ["dry-run"] : [])
+        let required = Wire.requiredFeatures + (dryRun ? ["dry-run"] : []) + (storage.volumes.isEmpty ? [] : [StorageCopyPlan.feature])
         root.set("required-features", bytes: Array(required.map { $0 + "\0" }.joined().utf8))
         root.set("name", string: name)
         root.set("uuid", string: uuid)
@@ -67,6 +71,8 @@ public struct MachineDescription: Sendable, Equatable {
             devs.children.append(n)
         }
         root.children.append(devs)
+        if !storage.volumes.isEmpty { root.children.append(storage.node) }
+        if !mirrors.isEmpty { root.children.append(MirrorClaim.node(mirrors)) }
         return root
     }
 
@@ -106,6 +112,8 @@ public struct MachineDescription: Sendable, Equatable {
                     String(decoding: b.last == 0 ? Array(b.dropLast()) : b, as: UTF8.self)
                 })
             }
+            storage = try StorageCopyPlan(node: root.child("copy-storage"))
+            mirrors = try MirrorClaim.decode(root.child("mirrors"))
         } catch let e as MigrationError {
             throw e
         } catch {

@@ -25,8 +25,21 @@ public struct RoundStats: Sendable {
     public var dirtyPagesPerSecond: Double
     public var bandwidthBytesPerSecond: Double
     public var throttlePercent: Int
+    /// `--copy-storage`: disk blocks (64 KiB) found written, runs and bytes sent this round.
+    public var diskDirtyBlocks = 0
+    public var diskRuns = 0
+    public var diskZeroRuns = 0
+    public var diskWireBytes: UInt64 = 0
+    public var diskRawBytes: UInt64 = 0
 
     public var json: [String: Any] {
+        memoryJSON.merging(diskRuns + diskDirtyBlocks > 0 || diskWireBytes > 0 ? [
+            "disk_dirty_blocks": diskDirtyBlocks, "disk_runs": diskRuns, "disk_zero_runs": diskZeroRuns,
+            "disk_bytes_on_wire": diskWireBytes, "disk_raw_bytes": diskRawBytes,
+        ] : [:]) { a, _ in a }
+    }
+
+    var memoryJSON: [String: Any] {
         ["round": round, "dirty_pages": dirtyPages, "pages_sent": dataPages, "zero_pages": zeroPages,
          "bytes_on_wire": wireBytes, "raw_bytes": rawBytes, "duration_ms": durationMs.rounded3,
          "dirty_pages_per_s": dirtyPagesPerSecond.rounded(), "bandwidth_MBps": (bandwidthBytesPerSecond / 1e6).rounded3,
@@ -57,6 +70,13 @@ public struct MigrationProgress: Sendable {
     /// Dry runs answered (target) and the last verdict ("eligible" or the reasons).
     public var dryRuns = 0
     public var lastDryRun: String?
+    /// `--copy-storage`: apparent and allocated bytes of the copied disks, round 0's share
+    /// covered, disk bytes on the wire, and dirty disk blocks waiting.
+    public var diskBytes: UInt64 = 0
+    public var diskAllocated: UInt64 = 0
+    public var diskCovered: UInt64 = 0
+    public var diskWireBytes: UInt64 = 0
+    public var diskDirtyBlocks = 0
 
     public var percent: Double {
         memoryBytes == 0 ? 0 : min(100, Double(memoryCovered) * 100 / Double(memoryBytes))
@@ -73,6 +93,10 @@ public struct MigrationProgress: Sendable {
         if let e = error { d["error"] = e }
         if dryRuns > 0 { d["dry_runs"] = dryRuns }
         if let v = lastDryRun { d["last_dry_run"] = v }
+        if diskBytes > 0 {
+            d["disk_bytes"] = diskBytes; d["disk_allocated_bytes"] = diskAllocated; d["disk_covered_bytes"] = diskCovered
+            d["disk_bytes_on_wire"] = diskWireBytes; d["disk_dirty_blocks"] = diskDirtyBlocks
+        }
         return d
     }
 }
@@ -116,6 +140,15 @@ public struct MigrationReport: Sendable {
     public var maxThrottle = 0
     /// A dry run's verdict (nil for a real migration).
     public var dryRun: DryRunVerdict?
+    /// `--copy-storage`: the disks' apparent and allocated bytes, the blocks sent in the
+    /// pause, and (`--verify-storage`) each image's SHA-256 at the pause on both sides.
+    public var diskBytes: UInt64 = 0
+    public var diskAllocated: UInt64 = 0
+    public var finalDiskBlocks = 0
+    public var diskHashes: [String: String] = [:]
+    public var targetDiskHashes: [String: String] = [:]
+    /// Volumes the target took through their in-sync mirror: none of their data moved.
+    public var mirrorVolumes: [String] = []
     /// When the source paused the guest: wall clock (compared with the target's) and monotonic.
     var pausedAtWallNs: UInt64 = 0
     var pausedAtMonotonic: Double = 0
@@ -133,6 +166,6 @@ public struct MigrationReport: Sendable {
          "compression": compression,
          "compression_ratio": wireBytes == 0 ? 1 : (Double(rawBytes) / Double(wireBytes)).rounded3,
          "max_throttle_percent": maxThrottle, "endpoint": endpoint,
-         "rounds": rounds.map(\.json)].merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }
+         "rounds": rounds.map(\.json)].merging(diskJSON) { a, _ in a }.merging(mirrorJSON) { a, _ in a }.merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }
     }
 }

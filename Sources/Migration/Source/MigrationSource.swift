@@ -23,6 +23,10 @@ public struct SendOptions: Sendable {
     /// Only connect, authenticate and have the target check and build the machine, then tear
     /// it down: the report says whether the guest could move, and every reason it could not.
     public var dryRun = false
+    /// Copy every disk in the stream (the target has no shared storage): `send --copy-storage`.
+    public var copyStorage = false
+    /// With `copyStorage`: hash both sides' images at the pause; commit only when they match.
+    public var verifyStorage = false
 
     public init(endpoint: Endpoint) { self.endpoint = endpoint }
 }
@@ -122,6 +126,10 @@ final class SourceSession: @unchecked Sendable {
     var policy: ConvergencePolicy
     let limiter: RateLimiter
     var encoder: PageEncoder?
+    /// The disks travelling in the stream (`--copy-storage`).
+    var diskCopy: DiskCopySource?
+    /// Volumes the target takes through their in-sync mirror, in the generation it confirmed.
+    var mirrorSkips: [MirrorClaim] = []
     /// Pages collected in the last pre-copy round and not yet sent, per RAM region.
     var pending: [[UInt64]] = []
     var round = 0
@@ -156,10 +164,11 @@ final class SourceSession: @unchecked Sendable {
         guard let encoder else { return }
         let counters = encoder.counters
         let secs = max(Clock.monotonic() - roundStart, 1e-6)
-        let stats = RoundStats(round: round, dirtyPages: dirty, dataPages: counters.dataPages, zeroPages: counters.zeroPages,
+        var stats = RoundStats(round: round, dirtyPages: dirty, dataPages: counters.dataPages, zeroPages: counters.zeroPages,
                                wireBytes: counters.wireBytes, rawBytes: counters.rawBytes, durationMs: secs * 1000,
                                dirtyPagesPerSecond: dirtyRate, bandwidthBytesPerSecond: Double(counters.wireBytes) / secs,
                                throttlePercent: vm.throttlePercent)
+        recordDiskRound(&stats, seconds: secs)
         report.rounds.append(stats)
         policy.record(stats)
         try c.send(RoundProgress(round: round, dirtyPagesPerS: dirtyRate.rounded(), bandwidthMBps: (stats.bandwidthBytesPerSecond / 1e6).rounded3,

@@ -26,9 +26,17 @@ final class SourcePreCheck: MigrationStep {
 
     func run(_ s: SourceSession) throws {
         let conn = try s.conn()
-        let description = MachineDescription.of(s.vm, uuid: s.uuid)
+        var description = MachineDescription.of(s.vm, uuid: s.uuid)
+        if s.options.copyStorage { description.storage = try DiskCopySource.plan(s.vm, verify: s.options.verifyStorage) }
+        description.mirrors = s.vm.devices.disks.compactMap { $0.mirror.map { MirrorClaim($0.status) } }
         try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
-        _ = try conn.expect(Accept.self)
+        let accept = try conn.expect(Accept.self)
+        let present = Set(accept.mirrorVolumes ?? [])
+        s.mirrorSkips = description.mirrors.filter { $0.inSync && present.contains($0.volume) }
+        if let odd = present.first(where: { v in !s.mirrorSkips.contains { $0.volume == v } }) {
+            throw MigrationError.stream("the target takes volume '\(odd.prefix(64))' through a mirror this source does not have in sync")
+        }
+        s.report.mirrorVolumes = s.mirrorSkips.map(\.volume)
         Faults.hit(.afterPrecheck, .source, conn)
         try s.cancellation.check()
         s.report.setupMs = (Clock.monotonic() - s.started) * 1000
@@ -48,6 +56,7 @@ final class SourcePreCopy: MigrationStep {
         logging = true
         lastCollect = Clock.monotonic()
         let conn = try s.conn()
+        try s.startDiskCopy()
         let encoder = PageEncoder(memory: s.vm.memory, connection: conn, compression: s.options.compression)
         s.encoder = encoder
         var totalWire: UInt64 = 0
@@ -56,6 +65,7 @@ final class SourcePreCopy: MigrationStep {
             totalWire += UInt64(wire)
             if faultedRounds.insert(s.round > 0).inserted { Faults.hit(s.round > 0 ? .midRoundN : .midRound0, .source, conn) }
             s.limiter.consume(wire)
+            if s.round == 0 { try s.sendDiskBulkRun() }
             if conn.hasIncoming() {
                 // Mid-round the target only speaks to report an error or a cancel.
                 let section = try conn.receive()
@@ -74,6 +84,7 @@ final class SourcePreCopy: MigrationStep {
         for region in s.vm.memory.regions {
             try encoder.send(region: region, bitmap: nil, resident: region.residentPages())
         }
+        try s.sendDiskBulkRest()
         try s.finishRound(dirty: 0, dirtyRate: 0)
         s.progress.update { $0.memoryCovered = $0.memoryBytes; $0.round = 1 }
         s.pending = s.vm.memory.regions.map { [UInt64](repeating: 0, count: $0.bitmapWords) }
@@ -95,7 +106,8 @@ final class SourcePreCopy: MigrationStep {
         let now = Clock.monotonic()
         let dirtyRate = Double(dirty) / max(now - lastCollect, 1e-6)
         lastCollect = now
-        let (predicted, decision) = s.policy.decide(dirtyPages: dirty, round: s.round, throttle: s.vm.throttlePercent)
+        let (predicted, decision) = s.policy.decide(dirtyPages: dirty + s.collectDiskBlocks() * DiskCopySource.pagesPerBlock,
+                                                    round: s.round, throttle: s.vm.throttlePercent)
         s.progress.update {
             $0.round = s.round
             $0.dirtyPagesPerSecond = dirtyRate
@@ -114,6 +126,7 @@ final class SourcePreCopy: MigrationStep {
         for (i, region) in s.vm.memory.regions.enumerated() {
             try encoder.send(region: region, bitmap: s.pending[i])
         }
+        try s.sendDiskPending()
         try s.finishRound(dirty: dirty, dirtyRate: dirtyRate)
         s.round += 1
         return true
@@ -128,6 +141,7 @@ final class SourcePreCopy: MigrationStep {
 
     func rollback(_ s: SourceSession) {
         if logging { s.vm.stopDirtyLog() }
+        s.diskCopy?.stop()
         s.vm.setThrottle(percent: 0)
     }
 }
@@ -144,6 +158,7 @@ final class SourceStopAndCopy: MigrationStep {
         s.report.pausedAtMonotonic = Clock.monotonic()
         guard s.vm.freeze() else { throw MigrationError.machine("the guest stopped during migration") }
         paused = true
+        try s.checkMirrorsAtPause()
         s.limiter.disable()
         guard let encoder = s.encoder else { throw MigrationError.machine("stop-and-copy without pre-copy") }
         encoder.memoryIsStable = true
@@ -158,6 +173,8 @@ final class SourceStopAndCopy: MigrationStep {
             try encoder.send(region: region, bitmap: s.pending[i])
         }
         s.report.finalPages = finalDirty
+        s.report.finalDiskBlocks = s.collectDiskBlocks()
+        try s.sendDiskPending()
         try s.finishRound(dirty: finalDirty, dirtyRate: 0)
         let stateStart = Clock.monotonic()
         let state: StateNode
@@ -167,7 +184,9 @@ final class SourceStopAndCopy: MigrationStep {
         try conn.send(.state, bytes: blob)
         Faults.hit(.afterState, .source, conn)
         s.report.stateBytes = blob.count
-        _ = try conn.expect(Ready.self)
+        let ourHashes = try s.diskHashesAtPause()
+        let ready = try conn.expect(Ready.self)
+        try s.verifyDisks(ours: ourHashes, theirs: ready.diskHashes)
         Faults.hit(.afterReady, .source, conn)
         s.report.stateMs = (Clock.monotonic() - stateStart) * 1000
         try hold(s)

@@ -162,6 +162,8 @@ final class TargetSession {
     var description: MachineDescription?
     var vm: VM?
     var slots: SlotRegistration?
+    /// The disks arriving in the stream (`send --copy-storage`).
+    var diskCopy: DiskCopyTarget?
     /// The NICs that announce the guest's new place after the hand-off.
     var announcers: [any AnnouncingDevice] = []
     /// The guest runs here: nothing is rolled back any more.

@@ -82,6 +82,8 @@ final class TargetPreCheck: MigrationStep {
         if desc.dryRun { try Self.dryRun(desc, s) }
         s.target.closeListener()
         try Self.check(desc, s.options)
+        let present = MirrorCheck.present(desc.mirrors, disks: s.options.machine.disks)
+        s.diskCopy = try DiskCopyTarget.prepare(desc.storage, disks: s.options.machine.disks, present: Set(present))
         let vm = try s.options.machine.build(desc)
         s.vm = vm
         s.description = desc
@@ -95,7 +97,7 @@ final class TargetPreCheck: MigrationStep {
         if let own = try? vm.saveMachineState() { _ = try? vm.prepareMachineState(FDTCodec.decode(FDTCodec.encode(own))) }
         vm.start(paused: true)
         vm.devices.quiesce()
-        try conn.send(Accept(name: vm.config.name))
+        try conn.send(Accept(name: vm.config.name, mirrorVolumes: present))
         Faults.hit(.afterPrecheck, .target, conn)
         s.progress.update { $0.memoryBytes = desc.memorySize }
     }
@@ -130,6 +132,9 @@ final class TargetPreCheck: MigrationStep {
         } catch { out.append("\(error)") }
         if let tsc = tscProblem(desc, options) { out.append(tsc) }
         return out + options.machine.deviceProblems(desc)
+            + DiskCopyTarget.problems(desc.storage, disks: options.machine.disks, command: options.machine.command,
+                                      present: Set(MirrorCheck.present(desc.mirrors, disks: options.machine.disks)))
+            + MirrorCheck.problems(desc.mirrors, disks: options.machine.disks)
     }
 
     /// Why this host cannot take a guest with this TSC rate, if it cannot (unless allowed).
@@ -163,6 +168,7 @@ final class TargetPreCheck: MigrationStep {
         // Nothing ran here: tear the half-built machine down.
         s.vm?.tearDown(.internalError("migration failed"))
         s.vm = nil
+        s.diskCopy?.discard()
     }
 }
 
@@ -191,6 +197,7 @@ final class TargetReceive: MigrationStep {
                 // Memory slots must exist before the stop-and-copy: wait for them here, in
                 // pre-copy, so the guest's downtime never does.
                 try s.slots?.wait()
+                try s.diskCopy?.sync()
                 let end = try section.message(RoundEnd.self)
                 round = end.round + 1
                 try conn.send(RoundAck())
@@ -198,6 +205,8 @@ final class TargetReceive: MigrationStep {
                     $0.round = end.round + 1
                     if end.round == 0 { $0.memoryCovered = $0.memoryBytes }
                 }
+            case .diskBlocks:
+                try s.applyDiskRun(section.payload)
             case .progress:
                 if let p = try? section.message(RoundProgress.self) {
                     s.progress.update {
@@ -214,7 +223,7 @@ final class TargetReceive: MigrationStep {
                 do { try vm.restoreMachineState(node) } catch { throw MigrationError.machine("cannot load the machine state: \(error)") }
                 try s.cancellation.check()
                 Faults.hit(.afterState, .target, conn)
-                try conn.send(Ready())
+                try conn.send(Ready(diskHashes: try s.diskCopy?.finish()))
                 s.holdsCompleteCopy = true
                 Faults.hit(.afterReady, .target, conn)
                 return

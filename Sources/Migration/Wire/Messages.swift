@@ -39,6 +39,8 @@ public struct AuthProof: WireMessage {
 public struct Accept: WireMessage {
     public static var section: SectionType { .accept }
     public var name: String
+    /// Volumes the target takes as already there: its file is the source's in-sync mirror.
+    public var mirrorVolumes: [String]? = nil
 }
 
 /// R→S, after a dry run's `config`: whether the target could host the guest, and every reason
@@ -75,6 +77,8 @@ public struct RoundAck: WireMessage {
 /// R→S: the machine state is loaded; the target waits for `go`.
 public struct Ready: WireMessage {
     public static var section: SectionType { .ready }
+    /// SHA-256 of each copied image after its fsync, by volume (`send --verify-storage`).
+    public var diskHashes: [String: String]? = nil
 }
 
 /// S→R: the commit. The target may run the guest; the source never will again.

@@ -30,7 +30,7 @@ public enum Wire {
     public static let streamVersion: UInt32 = 2
     public static let maxSectionLength = 64 << 20
     /// FDT feature names this reader understands (see `required-features`).
-    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2", "dry-run"]
+    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2", "dry-run", "copy-storage-v1"]
     /// What this writer requires of a reader.
     public static let requiredFeatures = ["pages-v1", "state-v2"]
 }
@@ -54,6 +54,7 @@ public enum SectionType: UInt16, Sendable, CaseIterable {
     case roundAck = 15      // R→S: every page of the round is in guest memory (flow control)
     case sealed = 16        // either way, after a keyed handshake: any other section, encrypted
     case verdict = 17       // R→S: a dry run's result — eligible, or every reason not (JSON)
+    case diskBlocks = 18    // S→R: a run of a copied disk image (`send --copy-storage`)
 
     public var name: String { String(describing: self) }
 }

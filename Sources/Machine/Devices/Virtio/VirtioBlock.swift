@@ -69,6 +69,10 @@ public final class VirtioBlock: VirtioDevice {
     /// Size in 512-byte sectors.
     public let capacity: UInt64
     public let features: UInt64
+    /// Blocks written while a migration copies this disk.
+    public let dirtyLog: DiskDirtyLog
+    /// The second image every write also goes to (`--disk …,mirror=Q`).
+    public let mirror: DiskMirror?
     let memory: GuestMemory
     private let fd: Int32
 
@@ -77,8 +81,9 @@ public final class VirtioBlock: VirtioDevice {
     public var maxChainBytes: UInt64 { Self.maxRequestBytes }
     public var volumeName: String? { volume }
 
-    /// Opens `path` (read-only with `readonly`). The image must be a non-empty multiple of 512 bytes.
-    public init(path: String, volume: String, readonly: Bool, memory: GuestMemory) throws(VirtioError) {
+    /// Opens `path` (read-only with `readonly`), and `mirror` when given. The image must be a
+    /// non-empty multiple of 512 bytes.
+    public init(path: String, volume: String, readonly: Bool, mirror: String? = nil, memory: GuestMemory) throws(VirtioError) {
         let fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard fd >= 0 else {
             let e = errno
@@ -98,11 +103,22 @@ public final class VirtioBlock: VirtioDevice {
             close(fd)
             throw .disk(path: path, reason: "is \(size) bytes; a disk image must be a non-empty multiple of 512 bytes")
         }
+        if let format = ImageFormat.recognise(fd: fd) {
+            close(fd)
+            throw .disk(path: path, reason: "is a \(format) image; swiftvmm serves raw images only (convert it: qemu-img convert -O raw)")
+        }
+        do throws(VirtioError) {
+            self.mirror = try mirror.map { m throws(VirtioError) in try DiskMirror(path: m, volume: volume, bytes: size, primaryFD: fd) }
+        } catch {
+            close(fd)
+            throw error
+        }
         self.fd = fd
         self.path = path
         self.volume = volume
         self.readonly = readonly
         self.capacity = size / Self.sectorSize
+        self.dirtyLog = DiskDirtyLog(bytes: size)
         self.memory = memory
         var features = VirtioSpec.Feature.version1 | VirtioSpec.Feature.ringEventIdx | VirtioSpec.Feature.ringIndirectDesc
             | Feature.sizeMax | Feature.segMax | Feature.blockSize | Feature.flush
@@ -110,7 +126,10 @@ public final class VirtioBlock: VirtioDevice {
         self.features = features
     }
 
-    deinit { close(fd) }
+    deinit {
+        mirror?.shutDown()
+        close(fd)
+    }
 
     /// capacity, size_max, seg_max, geometry, blk_size, then zeros (topology, writeback, …).
     public func configSpace() -> [UInt8] {
@@ -208,7 +227,10 @@ public final class VirtioBlock: VirtioDevice {
             guard sector <= capacity, sectors <= capacity - sector else { return (.ioError, 0) }
             var offset = sector * Self.sectorSize
             for s in data {
-                guard transfer(s, fileOffset: offset, writing: writing) else {
+                let ok = transfer(s, fileOffset: offset, writing: writing)
+                if ok && writing { mirrorWrite(s, fileOffset: offset) }
+                if writing { dirtyLog.mark(offset: offset, length: UInt64(s.length)) }
+                guard ok else {
                     return (.ioError, writing ? 0 : UInt32(offset - sector * Self.sectorSize))
                 }
                 offset += UInt64(s.length)
@@ -218,6 +240,7 @@ public final class VirtioBlock: VirtioDevice {
             while fdatasync(fd) != 0 {
                 if errno != EINTR { return (.ioError, 0) }
             }
+            mirror?.flush()
             return (.ok, 0)
         case .getID:
             guard data.allSatisfy({ $0.writable }) else { return (.ioError, 0) }
@@ -249,6 +272,12 @@ public final class VirtioBlock: VirtioDevice {
         return true
     }
 
+    /// A write the primary took goes to the mirror too (which marks it dirty if it cannot).
+    private func mirrorWrite(_ s: VirtioSegment, fileOffset: UInt64) {
+        guard let m = mirror, let p = memory.pointer(s.address, length: UInt64(s.length)) else { return }
+        m.write(UnsafeRawPointer(p), count: Int(s.length), offset: fileOffset)
+    }
+
     // MARK: state
 
     public func saveState() -> State { State(volume: volume, capacity: capacity, readonly: readonly) }
@@ -278,4 +307,8 @@ extension VirtioMMIODevice where Device == VirtioBlock {
     public var readonly: Bool { device.readonly }
     /// Size in 512-byte sectors.
     public var capacity: UInt64 { device.capacity }
+    /// Blocks written while a migration copies this disk.
+    public var dirtyLog: DiskDirtyLog { device.dirtyLog }
+    /// The disk's mirror, if it has one.
+    public var mirror: DiskMirror? { device.mirror }
 }

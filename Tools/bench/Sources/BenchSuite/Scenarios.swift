@@ -29,6 +29,7 @@ extension Scenario {
 public let allScenarios: [any Scenario] = [
     Startup(), Rss(), MigrateIdle(), MigrateRandom(), MigrateDirty(), Blk(), Net(), BlkPattern(), MigrateDirtyRaw(),
     MigrateRandomSealed(), MigrateDirtySealed(), SaveSnapshot(), RestoreSnapshot(),
+    MigrateDisk(),
 ]
 
 let MiB = 1 << 20

@@ -1,0 +1,167 @@
+import Foundation
+import Glibc
+import Machine
+
+/// The target's half of `send --copy-storage`: checks the `copy` disks against the source's
+/// plan, creates or truncates each file to its volume's size, writes the runs that arrive,
+/// and fsyncs (and, asked to, hashes) the images before `ready`. When the migration fails
+/// before the guest runs here, the files it created are removed — never one it did not create.
+final class DiskCopyTarget {
+    struct Disk {
+        let name: String
+        let path: String
+        let fd: Int32
+        let bytes: UInt64
+        let created: Bool
+    }
+
+    let disks: [Disk]
+    let verify: Bool
+    private var discarded = false
+
+    /// Every reason the `copy` disks of `disks` cannot take `plan` (empty: they can); the
+    /// `present` volumes (in-sync mirrors here) need no copy.
+    static func problems(_ plan: StorageCopyPlan, disks: [DiskConfig], command: String, present: Set<String> = []) -> [String] {
+        var out: [String] = []
+        let copies = disks.filter(\.copy)
+        for v in plan.volumes where !present.contains(v.name) {
+            guard let d = copies.first(where: { $0.volume == v.name }) else {
+                out.append("the source copies volume '\(v.name)' but \(command) has no --disk vol=\(v.name),path=FILE,copy for it")
+                continue
+            }
+            if let p = spaceProblem(v, path: d.path) { out.append(p) }
+        }
+        for d in copies where !plan.volumes.contains(where: { $0.name == d.volume }) {
+            out.append("volume '\(d.volume)' is marked copy here but the source does not copy it (send --copy-storage)")
+        }
+        return out
+    }
+
+    /// Whether the file system of `path` has room for the volume's allocated extents.
+    static func spaceProblem(_ v: StorageCopyPlan.Volume, path: String) -> String? {
+        var st = stat()
+        if stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK { return nil }
+        let existing = st.st_mode & S_IFMT == S_IFREG ? UInt64(st.st_blocks) * 512 : 0
+        let dir = (path as NSString).deletingLastPathComponent
+        var fs = statvfs()
+        guard statvfs(dir.isEmpty ? "." : dir, &fs) == 0 else {
+            return "volume '\(v.name)': cannot reach the directory of \(path): \(String(cString: strerror(errno)))"
+        }
+        let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize) + existing
+        guard free >= v.allocated else {
+            return "volume '\(v.name)': \(path)'s file system has \(ByteSize.format(free)) free, the volume has \(ByteSize.format(v.allocated)) allocated"
+        }
+        return nil
+    }
+
+    /// Creates or truncates every copied volume's file to its size; the `present` volumes (in-sync
+    /// mirrors here) are left alone and out of the copy (the source leaves them out too, so both
+    /// number the rest alike).
+    init(plan: StorageCopyPlan, disks configs: [DiskConfig], present: Set<String> = []) throws {
+        verify = plan.verify
+        var disks: [Disk] = []
+        do {
+            for v in plan.volumes where !present.contains(v.name) {
+                guard let c = configs.first(where: { $0.copy && $0.volume == v.name }) else {
+                    throw MigrationError.refused("volume '\(v.name)' has no copy disk here")
+                }
+                disks.append(try Self.prepare(v, path: c.path))
+            }
+        } catch {
+            for d in disks { close(d.fd); if d.created { unlink(d.path) } }
+            throw error
+        }
+        self.disks = disks
+    }
+
+    private static func prepare(_ v: StorageCopyPlan.Volume, path: String) throws -> Disk {
+        var created = false
+        var fd = open(path, O_RDWR | O_CLOEXEC)
+        if fd < 0 && errno == ENOENT {
+            fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            created = fd >= 0
+        }
+        guard fd >= 0 else { throw MigrationError.refused("volume '\(v.name)': cannot open \(path) for writing: \(String(cString: strerror(errno)))") }
+        var st = stat()
+        fstat(fd, &st)
+        if st.st_mode & S_IFMT == S_IFBLK {
+            let end = lseek(fd, 0, SEEK_END)
+            guard end >= 0, UInt64(end) == v.bytes else {
+                close(fd)
+                throw MigrationError.refused("volume '\(v.name)': block device \(path) has \(end) bytes, the volume \(v.bytes)")
+            }
+        } else if ftruncate(fd, 0) != 0 || ftruncate(fd, off_t(v.bytes)) != 0 {
+            let e = errno
+            close(fd)
+            if created { unlink(path) }
+            throw MigrationError.refused("volume '\(v.name)': cannot size \(path) to \(v.bytes) bytes: \(String(cString: strerror(e)))")
+        }
+        return Disk(name: v.name, path: path, fd: fd, bytes: v.bytes, created: created)
+    }
+
+    deinit { for d in disks { close(d.fd) } }
+
+    /// Writes one `diskBlocks` section, after checking it lies inside its volume.
+    func apply(_ payload: [UInt8]) throws {
+        let run = try DiskRun(decoding: payload)
+        guard Int(run.volume) < disks.count else { throw MigrationError.stream("disk run for volume index \(run.volume) of \(disks.count)") }
+        let d = disks[Int(run.volume)]
+        guard run.offset % VirtioBlock.sectorSize == 0, run.offset <= d.bytes, UInt64(run.length) <= d.bytes - run.offset else {
+            throw MigrationError.stream("disk run at \(run.offset)+\(run.length) is outside volume '\(d.name)' (\(d.bytes) bytes)")
+        }
+        let data = try run.bytes()
+        var done = 0
+        try data.withUnsafeBytes { b in
+            guard let base = b.baseAddress else { return }
+            while done < data.count {
+                let n = pwrite(d.fd, base + done, data.count - done, off_t(run.offset) + off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw MigrationError.machine("writing \(d.path): \(String(cString: strerror(errno)))") }
+                done += n
+            }
+        }
+    }
+
+    /// Makes every image durable. Done at the end of every round too, so that the one before
+    /// `ready` (in the guest's downtime) only has the last blocks to write back.
+    func sync() throws {
+        for d in disks {
+            while fsync(d.fd) != 0 {
+                if errno != EINTR { throw MigrationError.machine("fsync \(d.path): \(String(cString: strerror(errno)))") }
+            }
+        }
+    }
+
+    /// Makes every image durable (and hashes it when the source asked): before `ready`.
+    func finish() throws -> [String: String]? {
+        try sync()
+        guard verify else { return nil }
+        var out: [String: String] = [:]
+        for d in disks { out[d.name] = try DiskHash.sha256(fd: d.fd, bytes: d.bytes, path: d.path) }
+        return out
+    }
+
+    /// The migration failed before the guest ran here: the files this target created go.
+    func discard() {
+        guard !discarded else { return }
+        discarded = true
+        for d in disks where d.created { unlink(d.path) }
+    }
+}
+
+extension DiskCopyTarget {
+    /// The target for `plan`, or nil when nothing is copied.
+    static func prepare(_ plan: StorageCopyPlan, disks: [DiskConfig], present: Set<String> = []) throws -> DiskCopyTarget? {
+        plan.volumes.isEmpty ? nil : try DiskCopyTarget(plan: plan, disks: disks, present: present)
+    }
+}
+
+extension TargetSession {
+    /// One `diskBlocks` section: refused unless the source announced a copy.
+    func applyDiskRun(_ payload: [UInt8]) throws {
+        guard let copy = diskCopy else { throw MigrationError.stream("disk data arrived, but the source announced no --copy-storage") }
+        try copy.apply(payload)
+        let n = UInt64(payload.count + SectionFraming.overhead)
+        progress.update { $0.diskWireBytes += n }
+    }
+}
