@@ -32,6 +32,7 @@ enum Progress {
                        Int(num(r["pages_sent"])), Int(num(r["zero_pages"])))
         let t = Int(num(r["max_throttle_percent"]))
         if t > 0 { s += ", throttled up to \(t)%" }
+        if let w = r["downtime_warning"] as? String { s += "; " + w }
         return s
     }
 }

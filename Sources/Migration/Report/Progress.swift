@@ -57,6 +57,8 @@ public struct MigrationProgress: Sendable {
     /// Dry runs answered (target) and the last verdict ("eligible" or the reasons).
     public var dryRuns = 0
     public var lastDryRun: String?
+    /// A completed migration's downtime above its target, in words.
+    public var warning: String?
 
     public var percent: Double {
         memoryBytes == 0 ? 0 : min(100, Double(memoryCovered) * 100 / Double(memoryBytes))
@@ -73,6 +75,7 @@ public struct MigrationProgress: Sendable {
         if let e = error { d["error"] = e }
         if dryRuns > 0 { d["dry_runs"] = dryRuns }
         if let v = lastDryRun { d["last_dry_run"] = v }
+        if let w = warning { d["warning"] = w }
         return d
     }
 }
@@ -116,6 +119,11 @@ public struct MigrationReport: Sendable {
     public var maxThrottle = 0
     /// A dry run's verdict (nil for a real migration).
     public var dryRun: DryRunVerdict?
+    /// Where the downtime went, and the target it had.
+    public var downtimeParts = DowntimeBreakdown()
+    public var downtimeTargetMs: Double = 0
+    /// "downtime X ms exceeded the Y ms target: <part> took Z ms", when it did.
+    public var downtimeWarning: String?
     /// When the source paused the guest: wall clock (compared with the target's) and monotonic.
     var pausedAtWallNs: UInt64 = 0
     var pausedAtMonotonic: Double = 0
@@ -133,6 +141,8 @@ public struct MigrationReport: Sendable {
          "compression": compression,
          "compression_ratio": wireBytes == 0 ? 1 : (Double(rawBytes) / Double(wireBytes)).rounded3,
          "max_throttle_percent": maxThrottle, "endpoint": endpoint,
-         "rounds": rounds.map(\.json)].merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }
+         "rounds": rounds.map(\.json), "downtime_parts_ms": downtimeParts.json, "downtime_target_ms": downtimeTargetMs]
+            .merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }
+            .merging(downtimeWarning.map { ["downtime_warning": $0] } ?? [:]) { a, _ in a }
     }
 }

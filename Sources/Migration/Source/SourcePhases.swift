@@ -28,7 +28,7 @@ final class SourcePreCheck: MigrationStep {
         let conn = try s.conn()
         let description = MachineDescription.of(s.vm, uuid: s.uuid)
         try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
-        _ = try conn.expect(Accept.self)
+        s.learnStateLoad(try conn.expect(Accept.self))
         Faults.hit(.afterPrecheck, .source, conn)
         try s.cancellation.check()
         s.report.setupMs = (Clock.monotonic() - s.started) * 1000
@@ -75,6 +75,7 @@ final class SourcePreCopy: MigrationStep {
             try encoder.send(region: region, bitmap: nil, resident: region.residentPages())
         }
         try s.finishRound(dirty: 0, dirtyRate: 0)
+        s.probeSwitchOverCosts()
         s.progress.update { $0.memoryCovered = $0.memoryBytes; $0.round = 1 }
         s.pending = s.vm.memory.regions.map { [UInt64](repeating: 0, count: $0.bitmapWords) }
         s.round = 1
@@ -142,7 +143,7 @@ final class SourceStopAndCopy: MigrationStep {
         try s.cancellation.check()
         s.report.pausedAtWallNs = Clock.wallNanos()
         s.report.pausedAtMonotonic = Clock.monotonic()
-        guard s.vm.freeze() else { throw MigrationError.machine("the guest stopped during migration") }
+        guard s.timedFreeze() else { throw MigrationError.machine("the guest stopped during migration") }
         paused = true
         s.limiter.disable()
         guard let encoder = s.encoder else { throw MigrationError.machine("stop-and-copy without pre-copy") }
@@ -160,14 +161,17 @@ final class SourceStopAndCopy: MigrationStep {
         s.report.finalPages = finalDirty
         try s.finishRound(dirty: finalDirty, dirtyRate: 0)
         let stateStart = Clock.monotonic()
+        s.report.downtimeParts.finalPagesMs = (stateStart - s.roundStart) * 1000
         let state: StateNode
         do { state = try s.vm.saveMachineState() } catch { throw MigrationError.machine("saving machine state: \(error)") }
         let blob = try FDTCodec.encode(state)
         let conn = try s.conn()
+        let sentAt = Clock.monotonic()
+        s.report.downtimeParts.stateSaveMs = (sentAt - stateStart) * 1000
         try conn.send(.state, bytes: blob)
         Faults.hit(.afterState, .source, conn)
         s.report.stateBytes = blob.count
-        _ = try conn.expect(Ready.self)
+        s.recordStateTransfer(sentAt: sentAt, ready: try conn.expect(Ready.self))
         Faults.hit(.afterReady, .source, conn)
         s.report.stateMs = (Clock.monotonic() - stateStart) * 1000
         try hold(s)
@@ -198,7 +202,7 @@ final class SourceHandOff: MigrationStep {
         let conn = try s.conn()
         // A `go` the socket refused was never delivered: the failure rolls back, the guest
         // resumes here. Once it is written, the target may run the guest.
-        try conn.send(Go(pausedAtNs: s.report.pausedAtWallNs))
+        try conn.send(s.goMessage())
         s.committed = true
         for nic in s.vm.devices.all.compactMap({ $0 as? any AnnouncingDevice }) { nic.leave() }
         Faults.hit(.afterGo, .source, conn)
@@ -217,6 +221,7 @@ final class SourceHandOff: MigrationStep {
         }
         s.report.downtimeAckMs = (ack - pausedMono) * 1000
         s.report.totalMs = (ack - s.started) * 1000
+        s.finishDowntime()
         conn.close()
         s.vm.stop(.migrated)
     }

@@ -92,10 +92,15 @@ final class TargetPreCheck: MigrationStep {
         // Every NIC to announce after the hand-off, and a dry run of loading state, found now
         // rather than in the downtime (type lookups and first uses cost tens of µs each).
         s.announcers = vm.devices.all.compactMap { $0 as? any AnnouncingDevice }
-        if let own = try? vm.saveMachineState() { _ = try? vm.prepareMachineState(FDTCodec.decode(FDTCodec.encode(own))) }
+        var loadMs: Double?
+        if let own = try? vm.saveMachineState(), let blob = try? FDTCodec.encode(own) {
+            let t0 = Clock.monotonic()
+            _ = try? vm.prepareMachineState(FDTCodec.decode(blob))
+            loadMs = (Clock.monotonic() - t0) * 1000
+        }
         vm.start(paused: true)
         vm.devices.quiesce()
-        try conn.send(Accept(name: vm.config.name))
+        try conn.send(Accept(name: vm.config.name, stateLoadMs: loadMs))
         Faults.hit(.afterPrecheck, .target, conn)
         s.progress.update { $0.memoryBytes = desc.memorySize }
     }
@@ -208,13 +213,14 @@ final class TargetReceive: MigrationStep {
                 }
             case .state:
                 s.progress.update { $0.phase = .stopAndCopy }
+                let loadStart = Clock.monotonic()
                 try s.slots?.wait()
                 let node: StateNode
                 do { node = try FDTCodec.decode(section.payload) } catch { throw MigrationError.stream("machine state: \(error)") }
                 do { try vm.restoreMachineState(node) } catch { throw MigrationError.machine("cannot load the machine state: \(error)") }
                 try s.cancellation.check()
                 Faults.hit(.afterState, .target, conn)
-                try conn.send(Ready())
+                try conn.send(Ready(stateLoadMs: (Clock.monotonic() - loadStart) * 1000))
                 s.holdsCompleteCopy = true
                 Faults.hit(.afterReady, .target, conn)
                 return
@@ -239,17 +245,30 @@ final class TargetHandOff: MigrationStep {
         }
         Faults.hit(.afterGo, .target, conn)
         // Committed by the source: from here on the guest runs here.
+        let resumeStart = Clock.monotonic()
         try s.resumeGuest()
+        let resumeMs = (Clock.monotonic() - resumeStart) * 1000
         Faults.hit(.beforeRunning, .target, conn)
-        try? conn.send(Running(resumedAtNs: s.resumedAtNanos))
+        try? conn.send(Running(resumedAtNs: s.resumedAtNanos, resumeMs: resumeMs))
         // The source's pause time came with `go`: the downtime as this side saw it.
         let resumed = s.resumedAtNanos
         s.progress.update {
             $0.phase = .completed
-            if go.pausedAtNs > 0 && resumed > go.pausedAtNs { $0.predictedDowntimeMs = Double(resumed - go.pausedAtNs) / 1e6 }
+            if go.pausedAtNs > 0 && resumed > go.pausedAtNs {
+                $0.predictedDowntimeMs = Double(resumed - go.pausedAtNs) / 1e6
+                $0.warning = Self.downtimeWarning(go, downtimeMs: $0.predictedDowntimeMs)
+            }
         }
         conn.close()
         s.connection = nil
+    }
+
+    /// The source's parts came with `go`; the rest of the downtime is `go` on the wire and the
+    /// resume here.
+    static func downtimeWarning(_ go: Go, downtimeMs: Double) -> String? {
+        guard let target = go.downtimeTargetMs, var parts = go.downtime else { return nil }
+        parts.resumeMs = max(0, downtimeMs - parts.parts.filter { $0.key != "resume" }.reduce(0) { $0 + $1.ms })
+        return parts.warning(downtimeMs: downtimeMs, targetMs: target)
     }
 
     /// `ready` was sent and `go` did not come. A source that said why (cancel, error) has not
