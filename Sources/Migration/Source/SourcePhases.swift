@@ -75,7 +75,6 @@ final class SourcePreCopy: MigrationStep {
             try encoder.send(region: region, bitmap: nil, resident: region.residentPages())
         }
         try s.finishRound(dirty: 0, dirtyRate: 0)
-        s.probeSwitchOverCosts()
         s.progress.update { $0.memoryCovered = $0.memoryBytes; $0.round = 1 }
         s.pending = s.vm.memory.regions.map { [UInt64](repeating: 0, count: $0.bitmapWords) }
         s.round = 1
@@ -96,6 +95,7 @@ final class SourcePreCopy: MigrationStep {
         let now = Clock.monotonic()
         let dirtyRate = Double(dirty) / max(now - lastCollect, 1e-6)
         lastCollect = now
+        s.probeIfItMatters(dirtyPages: dirty)
         let (predicted, decision) = s.policy.decide(dirtyPages: dirty, round: s.round, throttle: s.vm.throttlePercent)
         s.progress.update {
             $0.round = s.round

@@ -15,6 +15,16 @@ extension SourceSession {
         return true
     }
 
+    /// A switch-over's fixed costs have never been seen above this here; below it they cannot
+    /// change the decision, and the guest is spared the probe.
+    static let plausibleFixedMs = 5.0
+
+    /// Probes the fixed costs when they could decide whether `dirtyPages` fit the target.
+    func probeIfItMatters(dirtyPages: Int) {
+        guard !policy.costs.probed else { return }
+        if policy.predictedDowntimeMs(dirtyPages: dirtyPages) + Self.plausibleFixedMs > options.downtimeMs { probeSwitchOverCosts() }
+    }
+
     /// Times, once during pre-copy, what a stop-and-copy costs besides pages: pausing the
     /// vCPUs, quiescing the devices and saving the state. The guest pauses for that long
     /// (about a millisecond here) and runs on; a guest its user paused is left alone.
