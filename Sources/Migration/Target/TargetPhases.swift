@@ -180,6 +180,8 @@ final class TargetReceive: MigrationStep {
         let conn = try s.conn()
         let vm = try s.machine()
         let decoder = PageDecoder(memory: vm.memory)
+        let populator = Populator(memory: vm.memory)
+        defer { populator.stop() }
         var round = 0
         var faulted = Set<Bool>()
         while true {
@@ -187,6 +189,7 @@ final class TargetReceive: MigrationStep {
             switch section.type {
             case .pages:
                 try decoder.apply(section.payload)
+                if round == 0 { populator.follow(section.payload) }
                 if faulted.insert(round > 0).inserted { Faults.hit(round > 0 ? .midRoundN : .midRound0, .target, conn) }
                 let c = decoder.counters
                 s.progress.update {
@@ -199,6 +202,7 @@ final class TargetReceive: MigrationStep {
                 try s.slots?.wait()
                 let end = try section.message(RoundEnd.self)
                 round = end.round + 1
+                populator.stop()
                 try conn.send(RoundAck())
                 s.progress.update {
                     $0.round = end.round + 1
