@@ -157,7 +157,6 @@ final class SourceSession: @unchecked Sendable {
         let c = try conn()
         let endSent = Clock.monotonic()
         try c.send(RoundEnd(round: round))
-        if encoder?.memoryIsStable == true { c.spinForIncoming(seconds: Connection.downtimeSpinSeconds) }
         _ = try c.expect(RoundAck.self)
         learnRoundTrip((Clock.monotonic() - endSent) * 1000)
         guard let encoder else { return }

@@ -170,7 +170,6 @@ final class SourceStopAndCopy: MigrationStep {
         s.report.downtimeParts.stateSaveMs = (sentAt - stateStart) * 1000
         try conn.send(.state, bytes: blob)
         Faults.hit(.afterState, .source, conn)
-        conn.spinForIncoming(seconds: Connection.downtimeSpinSeconds)
         s.report.stateBytes = blob.count
         s.recordStateTransfer(sentAt: sentAt, ready: try conn.expect(Ready.self))
         Faults.hit(.afterReady, .source, conn)

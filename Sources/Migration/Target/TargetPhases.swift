@@ -204,7 +204,6 @@ final class TargetReceive: MigrationStep {
                 round = end.round + 1
                 populator.stop()
                 try conn.send(RoundAck())
-                conn.spinForIncoming(seconds: 0.002)   // the state follows the last round at once
                 s.progress.update {
                     $0.round = end.round + 1
                     if end.round == 0 { $0.memoryCovered = $0.memoryBytes }
@@ -245,7 +244,6 @@ final class TargetHandOff: MigrationStep {
     func run(_ s: TargetSession) throws {
         let conn = try s.conn()
         let go: Go
-        conn.spinForIncoming(seconds: Connection.downtimeSpinSeconds)
         do { go = try conn.expect(Go.self) } catch {
             try holdIfInDoubt(s, error)
             throw error
