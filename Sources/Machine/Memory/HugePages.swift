@@ -4,8 +4,9 @@ import Glibc
 /// so first-touching fresh memory (a migration target receiving every page) costs about half.
 /// KVM still tracks dirty pages 4 KiB at a time: with dirty logging on it maps huge pages
 /// with 4 KiB entries. Guest RAM is always mapped 2 MiB-aligned; a migration target asks for
-/// huge pages (`GuestMemory.adviseHugePages`), `run` does not: a guest that touches little
-/// would be charged whole 2 MiB pages (~2 MiB more resident for memtouch size=64M).
+/// huge pages where round 0's stream is dense (its populator), `run` does not: a guest that
+/// touches little would be charged whole 2 MiB pages (~2 MiB more resident for memtouch
+/// size=64M, and a 2 MiB page zeroed for each scattered 4 KiB one).
 public enum HugePages {
     public static let size = 2 << 20
 

@@ -83,7 +83,6 @@ final class TargetPreCheck: MigrationStep {
         s.target.closeListener()
         try Self.check(desc, s.options)
         let vm = try s.options.machine.build(desc)
-        vm.memory.adviseHugePages()   // every page is about to be written: fault in 2 MiB at a time
         s.vm = vm
         s.description = desc
         s.target.onMachine?(vm)
