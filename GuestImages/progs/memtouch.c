@@ -5,6 +5,8 @@
  *   heartbeat=N  print "HEARTBEAT <pass>" every N passes (0: never)
  *   heartbeat-ms=M  ... or after the first pass ending >= M ms after the previous
  *                heartbeat (default when no heartbeat= is given: 1000 ms)
+ *   write=random every pass rewrites whole pages with fresh pseudo-random words, each word of
+ *                the previous pass verified first (runtime/memtouch.h)
  */
 #include "rt.h"
 #include "memtouch.h"
@@ -66,6 +68,11 @@ int main(void)
 			}
 			n++;
 		}
+		printf("PASS passes=%lu\n", passes);
+		return EXIT_PASS;
+	}
+	if (arg_str("write", mode, sizeof(mode)) && mode[0] == 'r') {
+		memtouch_random_run(base, pages, passes, hb_passes, hb_cycles, arg_u64("corrupt-after", 0));
 		printf("PASS passes=%lu\n", passes);
 		return EXIT_PASS;
 	}

@@ -50,6 +50,62 @@ static inline void memtouch_run(int cpu, u64 base, u64 pages, u64 first, u64 pas
 	}
 }
 
+/*
+ * Random mode: pass p = 1, 2, ... rewrites every word of every page with a fresh xorshift64
+ * sequence seeded by (p, page), after checking each word against the sequence of pass p-1
+ * (pass 0: zero, as fresh RAM is). The data is incompressible, and a page that is stale (an
+ * older pass) or torn (some words of one pass, some of another) fails:
+ * "FAIL page=<i> word=<w> pass=<p> expected=0x.. got=0x..". Heartbeats as memtouch_run.
+ */
+static inline u64 memtouch_seed(u64 pass, u64 page)
+{
+	if (pass == 0)
+		return 0;
+	u64 z = (pass << 40) ^ page ^ 0x9e3779b97f4a7c15ull;	/* splitmix64 */
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return (z ^ (z >> 31)) | 1;
+}
+
+static inline u64 memtouch_next(u64 x)
+{
+	if (x == 0)
+		return 0; /* pass 0: every word zero */
+	x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+	return x;
+}
+
+static inline void memtouch_random_run(u64 base, u64 pages, u64 passes, u64 hb_passes, u64 hb_cycles,
+				       u64 corrupt_after)
+{
+	u64 last = rdtsc();
+	for (u64 p = 1; passes == 0 || p <= passes; p++) {
+		for (u64 i = 0; i < pages; i++) {
+			volatile u64 *q = (volatile u64 *)(base + i * PAGE_SIZE);
+			u64 old = memtouch_seed(p - 1, i), new = memtouch_seed(p, i);
+			for (u64 w = 0; w < PAGE_SIZE / 8; w++) {
+				old = memtouch_next(old);
+				new = memtouch_next(new);
+				u64 v = q[w];
+				if (unlikely(v != old))
+					fail("page=%lu word=%lu pass=%lu expected=0x%lx got=0x%lx", i, w, p, old, v);
+				q[w] = new;
+			}
+		}
+		if (unlikely(p == corrupt_after)) /* self-test: tear the last page in the middle */
+			*(volatile u64 *)(base + (pages - 1) * PAGE_SIZE + PAGE_SIZE / 2) ^= 1;
+		bool beat = false;
+		if (hb_passes) {
+			beat = p % hb_passes == 0;
+		} else if (hb_cycles && rdtsc() - last >= hb_cycles) {
+			beat = true;
+			last = rdtsc();
+		}
+		if (unlikely(beat))
+			printf("HEARTBEAT %lu\n", p);
+	}
+}
+
 /* Heartbeat settings from the command line: heartbeat=N (passes, 0 = off) or
  * heartbeat-ms=M (time, default 1000 ms when neither key is given). */
 static inline void memtouch_heartbeat_args(u64 *hb_passes, u64 *hb_cycles, u64 def_ms)

@@ -41,6 +41,7 @@ enum Progress {
                         num(r["disk_bytes_on_wire"]) / 1e6, num(r["disk_allocated_bytes"]) / 1e6, num(r["disk_bytes"]) / 1e6,
                         Int(num(r["disk_final_blocks"])))
         }
+        if let w = r["downtime_warning"] as? String { s += "; " + w }
         return s
     }
 }

@@ -31,6 +31,7 @@ struct StatusCommand: ParsableCommand {
             print(String(format: "  peer %@, %.1f MB on the wire, elapsed %.1f s", (m["peer"] as? String ?? "") as NSString,
                          Progress.num(m["bytes_on_wire"]) / 1e6, Progress.num(m["elapsed_s"])))
             if let e = m["error"] as? String { print("  error: \(e)") }
+            if let w = m["warning"] as? String { print("  warning: \(w)") }
         }
     }
 }

@@ -60,8 +60,9 @@ final class LocalGuest: @unchecked Sendable {
     /// Boots `image` and waits until its console shows `ready` (a workload that has touched
     /// its memory prints its first heartbeat only then).
     init(_ image: String, cmdline: String, memory: UInt64 = 64 << 20, cpus: Int = 1, name: String = "local",
-         ready: String? = "HEARTBEAT") throws {
+         ready: String? = "HEARTBEAT", prepare: (VM) -> Void = { _ in }) throws {
         vm = try VM(config: VMConfig(name: name, memorySize: memory, cpus: cpus, serial: serial))
+        prepare(vm)
         let plan = try KernelLoader.plan(BootConfig(kernel: GuestImage.bytes(image), cmdline: cmdline,
                                                     memoryMap: vm.memory.map, cpus: cpus))
         try vm.load(plan)

@@ -50,8 +50,7 @@ public final class MemoryRegion: @unchecked Sendable {
             }
             backing = (own, offset)
         } else {
-            let a = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-            guard let a, a != MAP_FAILED else { throw .allocation(size: size, errno: errno) }
+            guard let a = HugePages.mapAnonymous(size: Int(size)) else { throw .allocation(size: size, errno: errno) }
             p = a
             if let (f, offset) = file {
                 do { try Self.readFile(fd: f.fd, offset: offset, size: size, into: p) } catch {

@@ -77,6 +77,8 @@ public struct MigrationProgress: Sendable {
     public var diskCovered: UInt64 = 0
     public var diskWireBytes: UInt64 = 0
     public var diskDirtyBlocks = 0
+    /// A completed migration's downtime above its target, in words.
+    public var warning: String?
 
     public var percent: Double {
         memoryBytes == 0 ? 0 : min(100, Double(memoryCovered) * 100 / Double(memoryBytes))
@@ -97,6 +99,7 @@ public struct MigrationProgress: Sendable {
             d["disk_bytes"] = diskBytes; d["disk_allocated_bytes"] = diskAllocated; d["disk_covered_bytes"] = diskCovered
             d["disk_bytes_on_wire"] = diskWireBytes; d["disk_dirty_blocks"] = diskDirtyBlocks
         }
+        if let w = warning { d["warning"] = w }
         return d
     }
 }
@@ -149,6 +152,11 @@ public struct MigrationReport: Sendable {
     public var targetDiskHashes: [String: String] = [:]
     /// Volumes the target took through their in-sync mirror: none of their data moved.
     public var mirrorVolumes: [String] = []
+    /// Where the downtime went, and the target it had.
+    public var downtimeParts = DowntimeBreakdown()
+    public var downtimeTargetMs: Double = 0
+    /// "downtime X ms exceeded the Y ms target: <part> took Z ms", when it did.
+    public var downtimeWarning: String?
     /// When the source paused the guest: wall clock (compared with the target's) and monotonic.
     var pausedAtWallNs: UInt64 = 0
     var pausedAtMonotonic: Double = 0
@@ -166,6 +174,9 @@ public struct MigrationReport: Sendable {
          "compression": compression,
          "compression_ratio": wireBytes == 0 ? 1 : (Double(rawBytes) / Double(wireBytes)).rounded3,
          "max_throttle_percent": maxThrottle, "endpoint": endpoint,
-         "rounds": rounds.map(\.json)].merging(diskJSON) { a, _ in a }.merging(mirrorJSON) { a, _ in a }.merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }
+         "rounds": rounds.map(\.json), "downtime_parts_ms": downtimeParts.json, "downtime_target_ms": downtimeTargetMs]
+            .merging(diskJSON) { a, _ in a }.merging(mirrorJSON) { a, _ in a }
+            .merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }
+            .merging(downtimeWarning.map { ["downtime_warning": $0] } ?? [:]) { a, _ in a }
     }
 }

@@ -4,7 +4,8 @@ import Glibc
 ///
 /// The predicted downtime is the dirty set times what one page cost end to end — scanning,
 /// compressing, the wire, the target's acknowledgement — in the last round big enough to
-/// measure (else over all rounds so far), plus an allowance for the machine state. The wire
+/// measure (else over all rounds so far), plus the fixed costs of a switch-over measured during
+/// pre-copy (pause, drain, state save, the target's state load, the exchanges). The wire
 /// alone is a poor predictor: compressed pages are tiny, but scanning and compressing them is
 /// not. When the prediction stops improving, auto-converge slows the vCPUs down: from 20 %, by
 /// at least 10 % a round, or at once to the share of time the vCPUs must lose for the dirty set
@@ -22,6 +23,11 @@ struct ConvergencePolicy {
     private(set) var rounds: [RoundStats] = []
     private var previousPredicted = Double.infinity
     private var stallRounds = 0
+    /// The stop-and-copy's fixed costs, measured during pre-copy (`SwitchOver.swift`).
+    var costs = SwitchOverCosts()
+    /// Rounds sent although the rest already fitted, because rounds still shrank it.
+    private var extraRounds = 0
+    static let maxExtraRounds = 4
 
     init(downtimeTargetMs: Double, autoConverge: Bool, maxBandwidth: Double?) {
         self.downtimeTargetMs = downtimeTargetMs
@@ -57,13 +63,23 @@ struct ConvergencePolicy {
             let pages = rounds.reduce(0) { $0 + $1.dataPages + $1.zeroPages }
             secondsPerPage = pages > 0 ? totalSeconds / Double(pages) : Double(PageBatch.pageSize) / max(bandwidth, 1)
         }
-        return Double(dirtyPages) * secondsPerPage * 1000 + Self.stateEstimateMs
+        let fixed = costs.probed ? costs.fixedMs(bandwidth: bandwidth) : Self.stateEstimateMs
+        return Double(dirtyPages) * secondsPerPage * 1000 + fixed
     }
 
     /// Decides after round `round` collected `dirtyPages`, with the vCPUs throttled `throttle` %.
     mutating func decide(dirtyPages: Int, round: Int, throttle: Int) -> (predictedMs: Double, decision: Decision) {
         let predicted = predictedDowntimeMs(dirtyPages: dirtyPages)
-        if predicted <= downtimeTargetMs || dirtyPages == 0 { return (predicted, .stopAndCopy) }
+        if predicted <= downtimeTargetMs || dirtyPages == 0 {
+            // The target is a ceiling: while a round still cuts the downtime by a third or
+            // more (and the pages are still worth a quarter of a millisecond), send another.
+            let pagesMs = predicted - predictedDowntimeMs(dirtyPages: 0)
+            let shrinking = predicted < previousPredicted * 0.67 && pagesMs >= 0.25 && previousPredicted.isFinite
+            previousPredicted = predicted
+            guard shrinking && extraRounds < Self.maxExtraRounds else { return (predicted, .stopAndCopy) }
+            extraRounds += 1
+            return (predicted, .nextRound(throttle: nil))
+        }
         if predicted >= previousPredicted * 0.9 { stallRounds += 1 } else { stallRounds = 0 }
         previousPredicted = predicted
         guard autoConverge && stallRounds >= 1 && round >= 2 else { return (predicted, .nextRound(throttle: nil)) }

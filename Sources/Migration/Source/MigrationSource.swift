@@ -91,7 +91,11 @@ public final class MigrationSource: @unchecked Sendable {
             try runner.run(SourcePreCopy())
             try runner.run(SourceStopAndCopy())
             try runner.run(SourceHandOff())
-            progress.update { $0.phase = .completed; $0.predictedDowntimeMs = session.report.downtimeMs }
+            progress.update {
+                $0.phase = .completed
+                $0.predictedDowntimeMs = session.report.downtimeMs
+                $0.warning = session.report.downtimeWarning
+            }
             return session.report
         } catch {
             let error = cancellation.explain(error).naming(phase: progress.snapshot.phase, guest: "the guest keeps running on the source")
@@ -159,8 +163,10 @@ final class SourceSession: @unchecked Sendable {
     /// round's figures go into the report, the policy and the target's status.
     func finishRound(dirty: Int, dirtyRate: Double) throws {
         let c = try conn()
+        let endSent = Clock.monotonic()
         try c.send(RoundEnd(round: round))
         _ = try c.expect(RoundAck.self)
+        learnRoundTrip((Clock.monotonic() - endSent) * 1000)
         guard let encoder else { return }
         let counters = encoder.counters
         let secs = max(Clock.monotonic() - roundStart, 1e-6)

@@ -37,6 +37,7 @@ final class SourcePreCheck: MigrationStep {
             throw MigrationError.stream("the target takes volume '\(odd.prefix(64))' through a mirror this source does not have in sync")
         }
         s.report.mirrorVolumes = s.mirrorSkips.map(\.volume)
+        s.learnStateLoad(accept)
         Faults.hit(.afterPrecheck, .source, conn)
         try s.cancellation.check()
         s.report.setupMs = (Clock.monotonic() - s.started) * 1000
@@ -106,8 +107,9 @@ final class SourcePreCopy: MigrationStep {
         let now = Clock.monotonic()
         let dirtyRate = Double(dirty) / max(now - lastCollect, 1e-6)
         lastCollect = now
-        let (predicted, decision) = s.policy.decide(dirtyPages: dirty + s.collectDiskBlocks() * DiskCopySource.pagesPerBlock,
-                                                    round: s.round, throttle: s.vm.throttlePercent)
+        let dirtyUnits = dirty + s.collectDiskBlocks() * DiskCopySource.pagesPerBlock
+        s.probeIfItMatters(dirtyPages: dirtyUnits)
+        let (predicted, decision) = s.policy.decide(dirtyPages: dirtyUnits, round: s.round, throttle: s.vm.throttlePercent)
         s.progress.update {
             $0.round = s.round
             $0.dirtyPagesPerSecond = dirtyRate
@@ -156,7 +158,7 @@ final class SourceStopAndCopy: MigrationStep {
         try s.cancellation.check()
         s.report.pausedAtWallNs = Clock.wallNanos()
         s.report.pausedAtMonotonic = Clock.monotonic()
-        guard s.vm.freeze() else { throw MigrationError.machine("the guest stopped during migration") }
+        guard s.timedFreeze() else { throw MigrationError.machine("the guest stopped during migration") }
         paused = true
         try s.checkMirrorsAtPause()
         s.limiter.disable()
@@ -177,15 +179,19 @@ final class SourceStopAndCopy: MigrationStep {
         try s.sendDiskPending()
         try s.finishRound(dirty: finalDirty, dirtyRate: 0)
         let stateStart = Clock.monotonic()
+        s.report.downtimeParts.finalPagesMs = (stateStart - s.roundStart) * 1000
         let state: StateNode
         do { state = try s.vm.saveMachineState() } catch { throw MigrationError.machine("saving machine state: \(error)") }
         let blob = try FDTCodec.encode(state)
         let conn = try s.conn()
+        let sentAt = Clock.monotonic()
+        s.report.downtimeParts.stateSaveMs = (sentAt - stateStart) * 1000
         try conn.send(.state, bytes: blob)
         Faults.hit(.afterState, .source, conn)
         s.report.stateBytes = blob.count
         let ourHashes = try s.diskHashesAtPause()
         let ready = try conn.expect(Ready.self)
+        s.recordStateTransfer(sentAt: sentAt, ready: ready)
         try s.verifyDisks(ours: ourHashes, theirs: ready.diskHashes)
         Faults.hit(.afterReady, .source, conn)
         s.report.stateMs = (Clock.monotonic() - stateStart) * 1000
@@ -217,7 +223,7 @@ final class SourceHandOff: MigrationStep {
         let conn = try s.conn()
         // A `go` the socket refused was never delivered: the failure rolls back, the guest
         // resumes here. Once it is written, the target may run the guest.
-        try conn.send(Go(pausedAtNs: s.report.pausedAtWallNs))
+        try conn.send(s.goMessage())
         s.committed = true
         for nic in s.vm.devices.all.compactMap({ $0 as? any AnnouncingDevice }) { nic.leave() }
         Faults.hit(.afterGo, .source, conn)
@@ -236,6 +242,7 @@ final class SourceHandOff: MigrationStep {
         }
         s.report.downtimeAckMs = (ack - pausedMono) * 1000
         s.report.totalMs = (ack - s.started) * 1000
+        s.finishDowntime()
         conn.close()
         s.vm.stop(.migrated)
     }

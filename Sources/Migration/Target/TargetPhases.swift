@@ -94,10 +94,15 @@ final class TargetPreCheck: MigrationStep {
         // Every NIC to announce after the hand-off, and a dry run of loading state, found now
         // rather than in the downtime (type lookups and first uses cost tens of µs each).
         s.announcers = vm.devices.all.compactMap { $0 as? any AnnouncingDevice }
-        if let own = try? vm.saveMachineState() { _ = try? vm.prepareMachineState(FDTCodec.decode(FDTCodec.encode(own))) }
+        var loadMs: Double?
+        if let own = try? vm.saveMachineState(), let blob = try? FDTCodec.encode(own) {
+            let t0 = Clock.monotonic()
+            _ = try? vm.prepareMachineState(FDTCodec.decode(blob))
+            loadMs = (Clock.monotonic() - t0) * 1000
+        }
         vm.start(paused: true)
         vm.devices.quiesce()
-        try conn.send(Accept(name: vm.config.name, mirrorVolumes: present))
+        try conn.send(Accept(name: vm.config.name, mirrorVolumes: present, stateLoadMs: loadMs))
         Faults.hit(.afterPrecheck, .target, conn)
         s.progress.update { $0.memoryBytes = desc.memorySize }
     }
@@ -180,6 +185,8 @@ final class TargetReceive: MigrationStep {
         let conn = try s.conn()
         let vm = try s.machine()
         let decoder = PageDecoder(memory: vm.memory)
+        let populator = Populator(memory: vm.memory)
+        defer { populator.stop() }
         var round = 0
         var faulted = Set<Bool>()
         while true {
@@ -187,6 +194,7 @@ final class TargetReceive: MigrationStep {
             switch section.type {
             case .pages:
                 try decoder.apply(section.payload)
+                if round == 0 { populator.follow(section.payload) }
                 if faulted.insert(round > 0).inserted { Faults.hit(round > 0 ? .midRoundN : .midRound0, .target, conn) }
                 let c = decoder.counters
                 s.progress.update {
@@ -200,6 +208,7 @@ final class TargetReceive: MigrationStep {
                 try s.diskCopy?.sync()
                 let end = try section.message(RoundEnd.self)
                 round = end.round + 1
+                populator.stop()
                 try conn.send(RoundAck())
                 s.progress.update {
                     $0.round = end.round + 1
@@ -216,22 +225,31 @@ final class TargetReceive: MigrationStep {
                     }
                 }
             case .state:
-                s.progress.update { $0.phase = .stopAndCopy }
-                try s.slots?.wait()
-                let node: StateNode
-                do { node = try FDTCodec.decode(section.payload) } catch { throw MigrationError.stream("machine state: \(error)") }
-                do { try vm.restoreMachineState(node) } catch { throw MigrationError.machine("cannot load the machine state: \(error)") }
-                try s.cancellation.check()
-                Faults.hit(.afterState, .target, conn)
-                try conn.send(Ready(diskHashes: try s.diskCopy?.finish()))
-                s.holdsCompleteCopy = true
-                Faults.hit(.afterReady, .target, conn)
+                try loadState(section, s, vm, conn)
                 return
             default:
                 try Connection.raiseIfAbort(section)
                 throw MigrationError.stream("unexpected \(section.type.name) section during transfer")
             }
         }
+    }
+}
+
+extension TargetReceive {
+    /// The machine state: decoded, loaded, the copied disks flushed, then `ready`.
+    func loadState(_ section: Section, _ s: TargetSession, _ vm: VM, _ conn: Connection) throws {
+        s.progress.update { $0.phase = .stopAndCopy }
+        let loadStart = Clock.monotonic()
+        try s.slots?.wait()
+        let node: StateNode
+        do { node = try FDTCodec.decode(section.payload) } catch { throw MigrationError.stream("machine state: \(error)") }
+        do { try vm.restoreMachineState(node) } catch { throw MigrationError.machine("cannot load the machine state: \(error)") }
+        try s.cancellation.check()
+        Faults.hit(.afterState, .target, conn)
+        let loadMs = (Clock.monotonic() - loadStart) * 1000
+        try conn.send(Ready(diskHashes: try s.diskCopy?.finish(), stateLoadMs: loadMs))
+        s.holdsCompleteCopy = true
+        Faults.hit(.afterReady, .target, conn)
     }
 }
 
@@ -248,17 +266,30 @@ final class TargetHandOff: MigrationStep {
         }
         Faults.hit(.afterGo, .target, conn)
         // Committed by the source: from here on the guest runs here.
+        let resumeStart = Clock.monotonic()
         try s.resumeGuest()
+        let resumeMs = (Clock.monotonic() - resumeStart) * 1000
         Faults.hit(.beforeRunning, .target, conn)
-        try? conn.send(Running(resumedAtNs: s.resumedAtNanos))
+        try? conn.send(Running(resumedAtNs: s.resumedAtNanos, resumeMs: resumeMs))
         // The source's pause time came with `go`: the downtime as this side saw it.
         let resumed = s.resumedAtNanos
         s.progress.update {
             $0.phase = .completed
-            if go.pausedAtNs > 0 && resumed > go.pausedAtNs { $0.predictedDowntimeMs = Double(resumed - go.pausedAtNs) / 1e6 }
+            if go.pausedAtNs > 0 && resumed > go.pausedAtNs {
+                $0.predictedDowntimeMs = Double(resumed - go.pausedAtNs) / 1e6
+                $0.warning = Self.downtimeWarning(go, downtimeMs: $0.predictedDowntimeMs)
+            }
         }
         conn.close()
         s.connection = nil
+    }
+
+    /// The source's parts came with `go`; the rest of the downtime is `go` on the wire and the
+    /// resume here.
+    static func downtimeWarning(_ go: Go, downtimeMs: Double) -> String? {
+        guard let target = go.downtimeTargetMs, var parts = go.downtime else { return nil }
+        parts.resumeMs = max(0, downtimeMs - parts.parts.filter { $0.key != "resume" }.reduce(0) { $0 + $1.ms })
+        return parts.warning(downtimeMs: downtimeMs, targetMs: target)
     }
 
     /// `ready` was sent and `go` did not come. A source that said why (cancel, error) has not

@@ -41,6 +41,8 @@ public struct Accept: WireMessage {
     public var name: String
     /// Volumes the target takes as already there: its file is the source's in-sync mirror.
     public var mirrorVolumes: [String]? = nil
+    /// How long a dry load of machine state took the target (ms): a fixed cost of the downtime.
+    public var stateLoadMs: Double?
 }
 
 /// R→S, after a dry run's `config`: whether the target could host the guest, and every reason
@@ -79,6 +81,8 @@ public struct Ready: WireMessage {
     public static var section: SectionType { .ready }
     /// SHA-256 of each copied image after its fsync, by volume (`send --verify-storage`).
     public var diskHashes: [String: String]? = nil
+    /// How long decoding and loading the machine state took the target (ms).
+    public var stateLoadMs: Double?
 }
 
 /// S→R: the commit. The target may run the guest; the source never will again.
@@ -86,12 +90,17 @@ public struct Go: WireMessage {
     public static var section: SectionType { .go }
     /// When the source paused the guest (CLOCK_REALTIME, ns): the target's downtime figure.
     public var pausedAtNs: UInt64
+    /// The downtime target and the source's parts of the downtime so far, for the target's `status`.
+    public var downtimeTargetMs: Double?
+    public var downtime: DowntimeBreakdown?
 }
 
 /// R→S: the guest runs on the target.
 public struct Running: WireMessage {
     public static var section: SectionType { .running }
     public var resumedAtNs: UInt64
+    /// How long resuming the vCPUs and devices took the target (ms).
+    public var resumeMs: Double?
 }
 
 /// S→R, optional: how the last round went, for the target's `status`.
@@ -119,7 +128,7 @@ enum MessageCodec {
         roundTrip(RoundEnd(round: 0))
         roundTrip(RoundAck())
         roundTrip(Ready())
-        roundTrip(Go(pausedAtNs: 0))
+        roundTrip(Go(pausedAtNs: 0, downtimeTargetMs: 0, downtime: DowntimeBreakdown()))
         roundTrip(Running(resumedAtNs: 0))
         roundTrip(RoundProgress(round: 0, dirtyPagesPerS: 0, bandwidthMBps: 0, throttlePercent: 0))
     }

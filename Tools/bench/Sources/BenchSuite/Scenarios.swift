@@ -27,7 +27,7 @@ extension Scenario {
 
 /// Every scenario, in the order they run and are reported.
 public let allScenarios: [any Scenario] = [
-    Startup(), Rss(), MigrateIdle(), MigrateRandom(), MigrateDirty(), Blk(), Net(), BlkPattern(), MigrateDirtyRaw(),
+    Startup(), Rss(), MigrateIdle(), MigrateRandom(), MigrateDirty(), MigrateDirtyRandom(), Blk(), Net(), BlkPattern(), MigrateDirtyRaw(),
     MigrateRandomSealed(), MigrateDirtySealed(), SaveSnapshot(), RestoreSnapshot(),
     MigrateDisk(),
 ]

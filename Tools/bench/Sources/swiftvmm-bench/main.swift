@@ -22,7 +22,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "CI: --quick, then fail unless every selected scenario has real figures (no speed checks)")
     var smoke = false
     @Option(name: .customLong("only"), help: ArgumentHelp("run only these scenarios (repeat or comma-separate): "
-        + "startup, rss, migrate-idle, migrate-random, migrate-dirty, blk, net, blk-pattern, migrate-dirty-raw", valueName: "NAME"))
+        + "startup, rss, migrate-idle, migrate-random, migrate-dirty, migrate-dirty-random, blk, net, blk-pattern, migrate-dirty-raw", valueName: "NAME"))
     var only: [String] = []
     @Option(help: "runs per side (default 5, --quick 3)")
     var runs: Int?
