@@ -19,6 +19,8 @@ public struct MigrationParameters: Sendable {
     public var streamVersion: UInt32 = Wire.streamVersion
     /// Test hook: wait this long before the commit.
     public var holdBeforeCommitMs: UInt64 = 0
+    /// Local hand-over: descriptors instead of pages (`send --local`).
+    public var local = false
 
     public init() {}
 
@@ -26,6 +28,7 @@ public struct MigrationParameters: Sendable {
     public static let names: Set<String> = [
         "downtime-limit", "max-bandwidth", "x-swiftvmm-max-time", "x-swiftvmm-timeout", "x-swiftvmm-auto-converge",
         "x-swiftvmm-compress", "x-swiftvmm-key", "x-swiftvmm-stream-version", "x-swiftvmm-hold-before-commit-ms",
+        "x-swiftvmm-local",
     ]
 
     /// `query-migrate-parameters`: every parameter but the key, which shows as `x-swiftvmm-sealed`.
@@ -33,7 +36,7 @@ public struct MigrationParameters: Sendable {
         ["downtime-limit": downtimeLimitMs, "max-bandwidth": maxBandwidth, "x-swiftvmm-max-time": maxTime,
          "x-swiftvmm-timeout": timeout, "x-swiftvmm-auto-converge": autoConverge, "x-swiftvmm-compress": compression.rawValue,
          "x-swiftvmm-sealed": key != nil, "x-swiftvmm-stream-version": Int(streamVersion),
-         "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs]
+         "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs, "x-swiftvmm-local": local]
     }
 
     /// The options of a migration to `endpoint` under these parameters.
@@ -48,6 +51,7 @@ public struct MigrationParameters: Sendable {
         o.key = key
         o.streamVersion = streamVersion
         o.holdBeforeCommitMs = Double(holdBeforeCommitMs)
+        o.local = local
         return o
     }
 
@@ -62,6 +66,7 @@ public struct MigrationParameters: Sendable {
         if let v = change.key { key = v.isEmpty ? nil : v }
         if let v = change.streamVersion { streamVersion = v }
         if let v = change.holdBeforeCommitMs { holdBeforeCommitMs = v }
+        if let v = change.local { local = v }
     }
 
     /// The arguments of one `migrate-set-parameters`, checked; nil for what it leaves alone.
@@ -76,6 +81,7 @@ public struct MigrationParameters: Sendable {
         public var key: [UInt8]?
         public var streamVersion: UInt32?
         public var holdBeforeCommitMs: UInt64?
+        public var local: Bool?
 
         public init(_ a: [String: Any]) throws(QMPError) {
             downtimeLimitMs = try Self.number(a, "downtime-limit", "milliseconds")
@@ -98,6 +104,7 @@ public struct MigrationParameters: Sendable {
             }
             streamVersion = try Arguments.unsigned(a, "x-swiftvmm-stream-version").map { UInt32(clamping: $0) }
             holdBeforeCommitMs = try Arguments.unsigned(a, "x-swiftvmm-hold-before-commit-ms")
+            local = try Arguments.bool(a, "x-swiftvmm-local")
         }
 
         private static func number(_ a: [String: Any], _ key: String, _ unit: String) throws(QMPError) -> Double? {

@@ -48,6 +48,9 @@ struct Send: ParsableCommand {
     @Flag(help: "Only check that the guest could move: connect, authenticate, have the target run every pre-check and build the machine paused, then tear it down. Prints `eligible` (exit 0) or every reason it is not (exit 2); the guest never pauses and recv goes on waiting.")
     var dryRun = false
 
+    @Flag(help: "Local hand-over to a recv on this host (--to unix:PATH; the guest must run with --memory-backend memfd): guest RAM, disk and TAP descriptors pass over the socket instead of copied pages, and only vCPU and device state cross — a pause of milliseconds whatever the memory size. How a swiftvmm binary is replaced under a running guest.")
+    var local = false
+
     @Option(help: .hidden)
     var streamVersion: Int?
 
@@ -92,6 +95,7 @@ struct Send: ParsableCommand {
         let endpoint: Endpoint
         do { endpoint = try Endpoint.parse(to) } catch { throw fail("--to \(error)") }
         if keyFile == nil && !endpoint.isLocal { warnUnauthenticated(endpoint) }
+        if local, case .tcp = endpoint { throw fail("--local needs --to unix:PATH: descriptors pass only over a UNIX socket") }
         guard ["lz4", "none"].contains(compress) else { throw fail("--compress must be lz4 or none") }
         guard ["on", "off"].contains(autoConverge) else { throw fail("--auto-converge must be on or off") }
         guard downtimeMs > 0 else { throw fail("--downtime-ms must be positive") }
@@ -99,7 +103,7 @@ struct Send: ParsableCommand {
                                    "x-swiftvmm-compress": compress, "x-swiftvmm-auto-converge": autoConverge == "on",
                                    "x-swiftvmm-max-time": 0, "x-swiftvmm-key": "",
                                    "x-swiftvmm-stream-version": streamVersion ?? Int(Wire.streamVersion),
-                                   "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs ?? 0]
+                                   "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs ?? 0, "x-swiftvmm-local": local]
         if let b = maxBandwidth {
             guard let rate = ByteSize.parse(b), rate > 0 else { throw fail("--max-bandwidth '\(b)' is not a rate like 100M") }
             args["max-bandwidth"] = rate

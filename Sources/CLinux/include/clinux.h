@@ -87,4 +87,6 @@ static inline void clinux_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST);
 static inline uint16_t clinux_load_acquire16(const uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void clinux_store_release16(uint16_t *p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
+#include "clinux_fdpass.h"
+
 #endif

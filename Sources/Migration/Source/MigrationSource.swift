@@ -23,6 +23,9 @@ public struct SendOptions: Sendable {
     /// Only connect, authenticate and have the target check and build the machine, then tear
     /// it down: the report says whether the guest could move, and every reason it could not.
     public var dryRun = false
+    /// Local hand-over: pass guest RAM (memfds), disks and TAP queues as descriptors over the
+    /// UNIX socket instead of copying pages; only vCPU and device state cross.
+    public var local = false
 
     public init(endpoint: Endpoint) { self.endpoint = endpoint }
 }
@@ -83,9 +86,14 @@ public final class MigrationSource: @unchecked Sendable {
         var runner = PhaseRunner(session: session, progress: progress, committed: { session.committed })
         do {
             try runner.run(SourceConnect())
-            try runner.run(SourcePreCheck())
-            try runner.run(SourcePreCopy())
-            try runner.run(SourceStopAndCopy())
+            if options.local {
+                try runner.run(SourceLocalOffer())
+                try runner.run(SourceLocalStop())
+            } else {
+                try runner.run(SourcePreCheck())
+                try runner.run(SourcePreCopy())
+                try runner.run(SourceStopAndCopy())
+            }
             try runner.run(SourceHandOff())
             progress.update { $0.phase = .completed; $0.predictedDowntimeMs = session.report.downtimeMs }
             return session.report

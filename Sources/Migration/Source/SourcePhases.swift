@@ -200,7 +200,8 @@ final class SourceHandOff: MigrationStep {
         // resumes here. Once it is written, the target may run the guest.
         try conn.send(Go(pausedAtNs: s.report.pausedAtWallNs))
         s.committed = true
-        for nic in s.vm.devices.all.compactMap({ $0 as? any AnnouncingDevice }) { nic.leave() }
+        // A handed-over TAP queue is the target's now: it stays attached.
+        if !s.options.local { for nic in s.vm.devices.all.compactMap({ $0 as? any AnnouncingDevice }) { nic.leave() } }
         Faults.hit(.afterGo, .source, conn)
         let running: Running
         do { running = try conn.expect(Running.self) } catch {

@@ -81,8 +81,9 @@ final class TargetPreCheck: MigrationStep {
         }
         if desc.dryRun { try Self.dryRun(desc, s) }
         s.target.closeListener()
-        try Self.check(desc, s.options)
-        let vm = try s.options.machine.build(desc)
+        let options = desc.handover ? try TargetHandover.receive(desc, s) : s.options
+        try Self.check(desc, options)
+        let vm = try options.machine.build(desc)
         s.vm = vm
         s.description = desc
         s.target.onMachine?(vm)
@@ -95,6 +96,8 @@ final class TargetPreCheck: MigrationStep {
         if let own = try? vm.saveMachineState() { _ = try? vm.prepareMachineState(FDTCodec.decode(FDTCodec.encode(own))) }
         vm.start(paused: true)
         vm.devices.quiesce()
+        // A hand-over's state follows at once: the slots must exist before it comes.
+        if desc.handover { try s.slots?.wait() }
         try conn.send(Accept(name: vm.config.name))
         Faults.hit(.afterPrecheck, .target, conn)
         s.progress.update { $0.memoryBytes = desc.memorySize }
@@ -118,7 +121,7 @@ final class TargetPreCheck: MigrationStep {
         do { _ = try MemoryMap(memorySize: desc.memorySize) } catch {
             out.append("guest memory layout cannot be hosted: \(error)")
         }
-        if let avail = HostMemory.available(), avail < desc.memorySize {
+        if !desc.handover, let avail = HostMemory.available(), avail < desc.memorySize {
             out.append("not enough free memory on the target: the guest needs \(ByteSize.format(desc.memorySize)), \(ByteSize.format(avail)) available")
         }
         do {
@@ -129,6 +132,7 @@ final class TargetPreCheck: MigrationStep {
             }
         } catch { out.append("\(error)") }
         if let tsc = tscProblem(desc, options) { out.append(tsc) }
+        if desc.handover { return out + TargetHandover.reasons(desc, options) }
         return out + options.machine.deviceProblems(desc)
     }
 
@@ -148,7 +152,7 @@ final class TargetPreCheck: MigrationStep {
     /// to the source and into `status`, and the target waits for the next source.
     static func dryRun(_ desc: MachineDescription, _ s: TargetSession) throws {
         var reasons = reasons(desc, s.options)
-        if reasons.isEmpty {
+        if reasons.isEmpty && !desc.handover {
             do { try s.options.machine.build(desc).tearDown(.internalError("dry run")) } catch { reasons.append("\(error)") }
         }
         let verdict = DryRunVerdict(eligible: reasons.isEmpty, reasons: reasons)

@@ -30,7 +30,7 @@ public enum Wire {
     public static let streamVersion: UInt32 = 2
     public static let maxSectionLength = 64 << 20
     /// FDT feature names this reader understands (see `required-features`).
-    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2", "dry-run"]
+    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2", "dry-run", "local-handover"]
     /// What this writer requires of a reader.
     public static let requiredFeatures = ["pages-v1", "state-v2"]
 }
@@ -54,6 +54,7 @@ public enum SectionType: UInt16, Sendable, CaseIterable {
     case roundAck = 15      // R→S: every page of the round is in guest memory (flow control)
     case sealed = 16        // either way, after a keyed handshake: any other section, encrypted
     case verdict = 17       // R→S: a dry run's result — eligible, or every reason not (JSON)
+    case handover = 24      // S→R: local hand-over — what the descriptors passed with it are (JSON + SCM_RIGHTS)
 
     public var name: String { String(describing: self) }
 }

@@ -70,16 +70,17 @@ public final class VirtioBlock: VirtioDevice {
     public let capacity: UInt64
     public let features: UInt64
     let memory: GuestMemory
-    private let fd: Int32
+    let fd: Int32
 
     public var deviceID: UInt32 { VirtioSpec.DeviceID.block }
     public var queueSizes: [UInt16] { [Self.queueSize] }
     public var maxChainBytes: UInt64 { Self.maxRequestBytes }
     public var volumeName: String? { volume }
 
-    /// Opens `path` (read-only with `readonly`). The image must be a non-empty multiple of 512 bytes.
-    public init(path: String, volume: String, readonly: Bool, memory: GuestMemory) throws(VirtioError) {
-        let fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+    /// Opens `path` (read-only with `readonly`), or takes a duplicate of `descriptor` (an image
+    /// handed over by another process). The image must be a non-empty multiple of 512 bytes.
+    public init(path: String, volume: String, readonly: Bool, memory: GuestMemory, descriptor: Int32? = nil) throws(VirtioError) {
+        let fd = descriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard fd >= 0 else {
             let e = errno
             if e == EROFS || (e == EACCES && !readonly) {

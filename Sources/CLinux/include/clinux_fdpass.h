@@ -1,0 +1,33 @@
+// C shim for handing descriptors to another process over a UNIX socket (SCM_RIGHTS), for
+// guest RAM in a memfd, and for asking a TAP descriptor what it is. Values or -errno.
+#ifndef CLINUX_FDPASS_H
+#define CLINUX_FDPASS_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/// Most descriptors one message carries (the kernel's SCM_MAX_FD).
+#define CLINUX_MAX_PASSED_FDS 253
+
+/// sendmsg(2) of `iov` with `fds` attached as SCM_RIGHTS (none when nfds is 0).
+/// Returns bytes sent or -errno.
+ssize_t clinux_send_with_fds(int sock, struct iovec *iov, int iovcnt, const int *fds, int nfds, int flags);
+
+/// recvmsg(2) into `buf`; descriptors that came along (MSG_CMSG_CLOEXEC) are stored in `fds`
+/// (at most `maxfds`, any beyond are closed) and counted in `nfds`; `truncated` is set when
+/// the kernel or this limit dropped some. Returns bytes read or -errno.
+ssize_t clinux_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int *truncated);
+
+/// memfd_create(2) with MFD_CLOEXEC. The fd or -errno.
+int clinux_memfd_create(const char *name);
+
+/// F_GET_SEALS: succeeds only on memfds and other shmem files. The seals or -errno.
+int clinux_file_seals(int fd);
+
+/// TUNGETIFF: the interface name and flags (IFF_TAP, IFF_MULTI_QUEUE, …) of a TUN/TAP fd.
+/// 0 or -errno.
+int clinux_tap_info(int fd, char *name, size_t name_len, int *flags);
+
+#endif
