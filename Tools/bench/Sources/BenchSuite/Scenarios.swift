@@ -29,6 +29,7 @@ extension Scenario {
 public let allScenarios: [any Scenario] = [
     Startup(), Rss(), MigrateIdle(), MigrateRandom(), MigrateDirty(), Blk(), Net(), BlkPattern(), MigrateDirtyRaw(),
     MigrateRandomSealed(), MigrateDirtySealed(), SaveSnapshot(), RestoreSnapshot(),
+    Handover(memory: "256M"), Handover(memory: "4G"), Handover(memory: "16G"),
 ]
 
 let MiB = 1 << 20
