@@ -39,7 +39,7 @@ public enum ControlCommand: Sendable {
         ("migrate", ["uri", "detach", "resume"]), ("migrate_cancel", []), ("query-migrate", []),
         ("migrate-set-parameters", MigrationParameters.names), ("query-migrate-parameters", []),
         ("x-swiftvmm-query-status", []), ("x-swiftvmm-dump-state", ["path"]), ("x-swiftvmm-migrate-dry-run", ["uri"]),
-        ("x-swiftvmm-save", ["path", "leave-running"]),
+        ("x-swiftvmm-save", ["path", "leave-running", "live"]),
     ]
 
     /// Every command name, for `query-commands`.
@@ -76,6 +76,10 @@ public enum ControlCommand: Sendable {
             if let v = a["leave-running"] {
                 guard let b = v as? Bool else { throw .generic("Parameter 'leave-running' expects a boolean") }
                 o.leaveRunning = b
+            }
+            if let v = a["live"] {
+                guard let b = v as? Bool else { throw .generic("Parameter 'live' expects a boolean") }
+                o.live = b
             }
             self = .save(path: path, options: o)
         default: throw QMPError(.commandNotFound, "The command \(name) has not been found")
