@@ -69,10 +69,18 @@ ssize_t clinux_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxf
     return n;
 }
 
-int clinux_memfd_create(const char *name) {
-    int fd = memfd_create(name, MFD_CLOEXEC);
-    return fd < 0 ? -errno : fd;
+int clinux_memfd_create(const char *name, unsigned long long size) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
 }
+
+int clinux_memfd_size_seals(void) { return F_SEAL_SHRINK | F_SEAL_GROW; }
 
 int clinux_file_seals(int fd) {
     int r = fcntl(fd, F_GET_SEALS);

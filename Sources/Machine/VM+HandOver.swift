@@ -43,12 +43,16 @@ extension VM {
 /// Checks of a descriptor received from another process before it is used: the right kind of
 /// file, of the expected size, opened the expected way. Each answer is nil or one line.
 public enum ReceivedFile {
-    /// A shared memory file (memfd or other regular file) of exactly `size` bytes, writable.
+    /// A memfd of exactly `size` bytes, sealed so that it can neither shrink nor grow (nobody
+    /// can pull pages from under the mapping), open for reading and writing.
     public static func ramProblem(_ fd: Int32, size: UInt64) -> String? {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return "cannot stat it: \(String(cString: strerror(errno)))" }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { return "is not a memfd or regular file" }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { return "is not a memfd" }
         guard UInt64(st.st_size) == size else { return "is \(st.st_size) bytes, not \(size)" }
+        let seals = clinux_file_seals(fd)
+        guard seals >= 0 else { return "is not a memfd" }
+        guard seals & clinux_memfd_size_seals() == clinux_memfd_size_seals() else { return "is a memfd not sealed against resizing" }
         return writable(fd) ? nil : "is not open for reading and writing"
     }
 

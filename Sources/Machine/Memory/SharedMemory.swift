@@ -8,7 +8,7 @@ public enum MemoryBackend: Sendable, Equatable {
     /// One memfd per RAM range, mapped shared: another process given the descriptors (a
     /// local hand-over's target) maps the very same pages.
     case memfd
-    /// Memfds (or other shared files) received from the process that ran the guest before, one
+    /// Memfds received from the process that ran the guest before, one
     /// per RAM range, of exactly its size. Not owned: each region duplicates what it keeps.
     case adopted([Int32])
 
@@ -43,13 +43,8 @@ extension MemoryRegion {
         let fd: Int32
         switch source {
         case .create(let name):
-            fd = clinux_memfd_create(name)
+            fd = clinux_memfd_create(name, size)
             guard fd >= 0 else { throw .allocation(size: size, errno: -fd) }
-            guard ftruncate(fd, off_t(size)) == 0 else {
-                let e = errno
-                close(fd)
-                throw .allocation(size: size, errno: e)
-            }
         case .adopt(let received):
             fd = fcntl(received, F_DUPFD_CLOEXEC, 0)
             guard fd >= 0 else { throw .file(offset: 0, errno: errno) }

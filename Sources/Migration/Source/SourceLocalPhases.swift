@@ -18,10 +18,13 @@ final class SourceLocalOffer: MigrationStep {
         // Private memory cannot be shared: the target refuses, naming the fix, on the
         // description alone; the offer then carries nothing.
         let d = description.sharedMemory ? s.vm.handOverDescriptors : HandOverDescriptors.none
+        if description.sharedMemory {
+            do { s.claim = try HandoverClaim.create() } catch { throw MigrationError.machine("cannot create the hand-over claim: \(error)") }
+        }
         let offer = HandoverOffer(ram: d.ram.map { .init(size: $0.size) },
                                   disks: d.disks.map { .init(volume: $0.volume, path: $0.path, readonly: $0.readonly, bytes: $0.bytes) },
-                                  nics: d.nics.map { .init(interface: $0.interface) })
-        try conn.send(offer, descriptors: d.all)
+                                  nics: d.nics.map { .init(interface: $0.interface) }, claim: s.claim != nil)
+        try conn.send(offer, descriptors: d.all + (s.claim.map { [$0.fd] } ?? []))
         _ = try conn.expect(Accept.self)
         Faults.hit(.afterPrecheck, .source, conn)
         try s.cancellation.check()
@@ -69,6 +72,8 @@ final class SourceLocalStop: MigrationStep {
 
     func rollback(_ s: SourceSession) {
         guard paused else { return }
+        // A target that took the guest runs it on the shared memory: never resume it here too.
+        guard s.claim?.takeBackForSource() ?? true else { return }
         s.vm.thaw()
     }
 }

@@ -198,6 +198,7 @@ final class SourceHandOff: MigrationStep {
         let conn = try s.conn()
         // A `go` the socket refused was never delivered: the failure rolls back, the guest
         // resumes here. Once it is written, the target may run the guest.
+        if let claim = s.claim, !claim.commit() { throw MigrationError.machine("the hand-over claim was no longer open") }
         try conn.send(Go(pausedAtNs: s.report.pausedAtWallNs))
         s.committed = true
         // A handed-over TAP queue is the target's now: it stays attached.

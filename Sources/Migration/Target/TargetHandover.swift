@@ -35,7 +35,13 @@ enum TargetHandover {
         options.machine.memoryBackend = .adopted(ramFDs)
         let diskFDs = Array(fds.dropFirst(offer.ram.count).prefix(offer.disks.count))
         options.machine.disks = try disks(offer.disks, diskFDs, desc)
-        options.machine.nics = try nics(offer.nics, Array(fds.suffix(offer.nics.count)), desc)
+        let nicFDs = Array(fds.dropFirst(offer.ram.count + offer.disks.count).prefix(offer.nics.count))
+        options.machine.nics = try nics(offer.nics, nicFDs, desc)
+        guard offer.claim, let last = fds.last else { throw MigrationError.refused("the hand-over comes without its claim descriptor") }
+        switch HandoverClaim.adopt(last) {
+        case .success(let claim): s.claim = claim
+        case .failure(let p): throw MigrationError.refused("the hand-over claim \(p)")
+        }
         return options
     }
 

@@ -242,6 +242,7 @@ final class TargetHandOff: MigrationStep {
             throw error
         }
         Faults.hit(.afterGo, .target, conn)
+        if let claim = s.claim, !claim.takeForTarget() { throw MigrationError.cancelled("the source took the guest back") }
         // Committed by the source: from here on the guest runs here.
         try s.resumeGuest()
         Faults.hit(.beforeRunning, .target, conn)
