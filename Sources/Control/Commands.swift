@@ -42,7 +42,7 @@ public enum ControlCommand: Sendable {
         ("migrate", ["uri", "detach", "resume"]), ("migrate_cancel", []), ("query-migrate", []),
         ("migrate-set-parameters", MigrationParameters.names), ("query-migrate-parameters", []),
         ("x-swiftvmm-query-status", []), ("x-swiftvmm-dump-state", ["path"]), ("x-swiftvmm-migrate-dry-run", ["uri"]),
-        ("x-swiftvmm-save", ["path", "leave-running"]), ("x-swiftvmm-mirror-resync", ["volume"]),
+        ("x-swiftvmm-save", ["path", "leave-running", "live"]), ("x-swiftvmm-mirror-resync", ["volume"]),
     ]
 
     /// Every command name, for `query-commands`.
@@ -79,6 +79,10 @@ public enum ControlCommand: Sendable {
             if let v = a["leave-running"] {
                 guard let b = v as? Bool else { throw .generic("Parameter 'leave-running' expects a boolean") }
                 o.leaveRunning = b
+            }
+            if let v = a["live"] {
+                guard let b = v as? Bool else { throw .generic("Parameter 'live' expects a boolean") }
+                o.live = b
             }
             self = .save(path: path, options: o)
         case "x-swiftvmm-mirror-resync": self = .mirrorResync(volume: try Arguments.optionalString(a, "volume"))

@@ -125,6 +125,14 @@ public final class MachineController: @unchecked Sendable {
     }
 
     private func cont() -> Result<Any, QMPError> {
+        // After an in-doubt hand-off `cont` is the operator's verdict: run the guest here —
+        // unless a local hand-over's other side already took the guest over the shared memory.
+        if source?.guestTakenByTarget == true {
+            return .failure(.generic("the target took the guest at the hand-over and ran it on the shared memory: this paused copy is stale and cannot resume; quit it"))
+        }
+        if target?.guestTakenBySource == true {
+            return .failure(.generic("the source took the guest back: this paused copy cannot resume; quit it"))
+        }
         // After an in-doubt hand-off `cont` is the operator's verdict: run the guest here.
         if source?.resumeHere() == true || target?.resumeHere() == true { return .success([String: Any]()) }
         guard let vm else { return .failure(.generic("no guest is running yet")) }

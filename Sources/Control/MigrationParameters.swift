@@ -22,6 +22,8 @@ public struct MigrationParameters: Sendable {
     /// Copy the disks in the stream (QEMU's block migration), and verify them at the pause.
     public var copyStorage = false
     public var verifyStorage = false
+    /// Local hand-over: descriptors instead of pages (`send --local`).
+    public var local = false
 
     public init() {}
 
@@ -30,6 +32,7 @@ public struct MigrationParameters: Sendable {
         "downtime-limit", "max-bandwidth", "x-swiftvmm-max-time", "x-swiftvmm-timeout", "x-swiftvmm-auto-converge",
         "x-swiftvmm-compress", "x-swiftvmm-key", "x-swiftvmm-stream-version", "x-swiftvmm-hold-before-commit-ms",
         "x-swiftvmm-copy-storage", "x-swiftvmm-verify-storage",
+        "x-swiftvmm-local",
     ]
 
     /// `query-migrate-parameters`: every parameter but the key, which shows as `x-swiftvmm-sealed`.
@@ -38,7 +41,7 @@ public struct MigrationParameters: Sendable {
          "x-swiftvmm-timeout": timeout, "x-swiftvmm-auto-converge": autoConverge, "x-swiftvmm-compress": compression.rawValue,
          "x-swiftvmm-sealed": key != nil, "x-swiftvmm-stream-version": Int(streamVersion),
          "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs,
-         "x-swiftvmm-copy-storage": copyStorage, "x-swiftvmm-verify-storage": verifyStorage]
+         "x-swiftvmm-copy-storage": copyStorage, "x-swiftvmm-verify-storage": verifyStorage, "x-swiftvmm-local": local]
     }
 
     /// The options of a migration to `endpoint` under these parameters.
@@ -55,6 +58,7 @@ public struct MigrationParameters: Sendable {
         o.holdBeforeCommitMs = Double(holdBeforeCommitMs)
         o.copyStorage = copyStorage
         o.verifyStorage = verifyStorage
+        o.local = local
         return o
     }
 
@@ -71,6 +75,7 @@ public struct MigrationParameters: Sendable {
         if let v = change.holdBeforeCommitMs { holdBeforeCommitMs = v }
         if let v = change.copyStorage { copyStorage = v }
         if let v = change.verifyStorage { verifyStorage = v }
+        if let v = change.local { local = v }
     }
 
     /// The arguments of one `migrate-set-parameters`, checked; nil for what it leaves alone.
@@ -87,6 +92,7 @@ public struct MigrationParameters: Sendable {
         public var holdBeforeCommitMs: UInt64?
         public var copyStorage: Bool?
         public var verifyStorage: Bool?
+        public var local: Bool?
 
         public init(_ a: [String: Any]) throws(QMPError) {
             downtimeLimitMs = try Self.number(a, "downtime-limit", "milliseconds")
@@ -111,6 +117,7 @@ public struct MigrationParameters: Sendable {
             holdBeforeCommitMs = try Arguments.unsigned(a, "x-swiftvmm-hold-before-commit-ms")
             copyStorage = try Arguments.bool(a, "x-swiftvmm-copy-storage")
             verifyStorage = try Arguments.bool(a, "x-swiftvmm-verify-storage")
+            local = try Arguments.bool(a, "x-swiftvmm-local")
         }
 
         private static func number(_ a: [String: Any], _ key: String, _ unit: String) throws(QMPError) -> Double? {

@@ -12,6 +12,9 @@ public struct DiskConfig: Sendable, Equatable {
     public var copy = false
     /// A second image every guest write also goes to (`mirror=Q`).
     public var mirror: String?
+    /// An open descriptor of the image to take (duplicated) instead of opening `path`: a local
+    /// hand-over's target. Not owned.
+    public var descriptor: Int32?
 
     public init(path: String, volume: String? = nil, readonly: Bool = false) {
         self.path = path
@@ -54,6 +57,9 @@ public struct NICConfig: Sendable, Equatable {
     public var tap: String
     /// nil: generated stably from the VM name and the NIC's index.
     public var mac: [UInt8]?
+    /// An open TAP queue descriptor to take (duplicated) instead of attaching to `tap`: a local
+    /// hand-over's target. Not owned.
+    public var descriptor: Int32?
 
     public init(tap: String, mac: [UInt8]? = nil) { self.tap = tap; self.mac = mac }
 
@@ -122,6 +128,8 @@ public struct VMConfig: Sendable {
     public var memorySlotsInBackground = false
     /// Guest RAM's initial contents come from this file (a snapshot being restored).
     public var memoryFile: MemoryFile?
+    /// What guest RAM is made of (`--memory-backend`).
+    public var memoryBackend: MemoryBackend = .anonymous
 
     public init(name: String = "swiftvmm", memorySize: UInt64 = 256 << 20, cpus: Int = 1,
                 serial: any SerialSink = FileDescriptorSink(fd: 1), cpuidDeny: [String] = [],

@@ -85,7 +85,7 @@ struct Recv: ParsableCommand {
             throw fail("incoming migration failed: \(error)")
         }
         controller.vm = vm
-        note("guest '\(vm.config.name)' received and running")
+        note("guest '\(vm.config.name)' received and running (from swiftvmm \(target.description?.vmmVersion ?? "?"); this is swiftvmm \(SwiftVMMVersion.string))")
         throw ExitCode(runUntilStopped(vm, controller: controller, alreadyStarted: true))
     }
 }

@@ -34,6 +34,10 @@ struct Run: ParsableCommand {
                                valueName: "host|generic|x86-64-v1…v4|FILE"))
     var cpuModel: String = "host"
 
+    @Option(help: ArgumentHelp("What guest RAM is made of: anonymous (private to this process), or memfd (shared files; `send --local` can then hand the running guest to another swiftvmm on this host without copying it). shared is another name for memfd.",
+                               valueName: "anonymous|memfd"))
+    var memoryBackend: String = "anonymous"
+
     @Flag(help: "Write no ACPI tables (the guest then finds its CPUs and IOAPIC through the MP table only, and virtio devices only on its command line).")
     var noACPI = false
 
@@ -48,6 +52,8 @@ struct Run: ParsableCommand {
                               cpuidDeny: hostCPU.cpuFeatureDeny, kvmDevice: hostCPU.kvmDevice,
                               disks: try devices.disks(), nics: try devices.nics())
         do { config.cpuModel = try CPUModel.parse(cpuModel) } catch { throw fail("\(error)") }
+        guard let backend = MemoryBackend.parse(memoryBackend) else { throw fail("--memory-backend '\(memoryBackend)' is not anonymous or memfd") }
+        config.memoryBackend = backend
         do { try config.validate() } catch { throw fail("\(error)") }
         // Guest RAM is given to KVM on a thread of its own while the kernel loads.
         config.memorySlotsInBackground = true

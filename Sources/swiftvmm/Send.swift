@@ -54,6 +54,9 @@ struct Send: ParsableCommand {
     @Flag(help: "With --copy-storage: hash every image on both sides at the pause and commit only when they match (adds the hashing time to the downtime).")
     var verifyStorage = false
 
+    @Flag(help: "Local hand-over to a recv on this host (--to unix:PATH; the guest must run with --memory-backend memfd): guest RAM, disk and TAP descriptors pass over the socket instead of copied pages, and only vCPU and device state cross — a pause of milliseconds whatever the memory size. How a swiftvmm binary is replaced under a running guest.")
+    var local = false
+
     @Option(help: .hidden)
     var streamVersion: Int?
 
@@ -98,6 +101,7 @@ struct Send: ParsableCommand {
         let endpoint: Endpoint
         do { endpoint = try Endpoint.parse(to) } catch { throw fail("--to \(error)") }
         if keyFile == nil && !endpoint.isLocal { warnUnauthenticated(endpoint) }
+        if local, case .tcp = endpoint { throw fail("--local needs --to unix:PATH: descriptors pass only over a UNIX socket") }
         guard ["lz4", "none"].contains(compress) else { throw fail("--compress must be lz4 or none") }
         guard ["on", "off"].contains(autoConverge) else { throw fail("--auto-converge must be on or off") }
         guard downtimeMs > 0 else { throw fail("--downtime-ms must be positive") }
@@ -106,8 +110,10 @@ struct Send: ParsableCommand {
                                    "x-swiftvmm-max-time": 0, "x-swiftvmm-key": "",
                                    "x-swiftvmm-stream-version": streamVersion ?? Int(Wire.streamVersion),
                                    "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs ?? 0,
-                                   "x-swiftvmm-copy-storage": copyStorage, "x-swiftvmm-verify-storage": verifyStorage]
+                                   "x-swiftvmm-copy-storage": copyStorage, "x-swiftvmm-verify-storage": verifyStorage,
+                                   "x-swiftvmm-local": local]
         if verifyStorage && !copyStorage { throw fail("--verify-storage needs --copy-storage") }
+        if local && copyStorage { throw fail("--local hands the disks over as they are: it does not combine with --copy-storage") }
         if let b = maxBandwidth {
             guard let rate = ByteSize.parse(b), rate > 0 else { throw fail("--max-bandwidth '\(b)' is not a rate like 100M") }
             args["max-bandwidth"] = rate

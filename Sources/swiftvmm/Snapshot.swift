@@ -26,11 +26,14 @@ struct Save: ParsableCommand {
     @Flag(help: "Resume the guest after saving instead of stopping it.")
     var leaveRunning = false
 
+    @Flag(help: "Save while the guest runs: its memory goes to the file in rounds (pages it dirties are rewritten in place), then it pauses only for the last dirty pages and its state.")
+    var live = false
+
     func run() throws {
         let path = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
         let reply: [String: Any]
         do {
-            reply = try ControlClient(path: apiSocketPath(for: vm)).execute("x-swiftvmm-save", ["path": path, "leave-running": leaveRunning])
+            reply = try ControlClient(path: apiSocketPath(for: vm)).execute("x-swiftvmm-save", ["path": path, "leave-running": leaveRunning, "live": live])
         } catch { throw fail("save failed: \(error)") }
         let n = { (k: String) in UInt64(Progress.num(reply[k])) }
         print(String(format: "saved %@ to %@ in %.1f ms: %@ on disk (%@ apparent), guest paused %.1f ms; %@",

@@ -15,9 +15,14 @@ struct SwiftVMM: ParsableCommand {
                           swiftvmm send /tmp/vm.sock --to unix:/tmp/vm.mig
         Save it:          swiftvmm save /tmp/vm.sock vm.snap     (the guest stops; --leave-running)
         Restore it:       swiftvmm restore vm.snap               (memory mapped from the file)
+        Hand it over:     swiftvmm run --memory-backend memfd …, then on this host
+                          swiftvmm send /tmp/vm.sock --to unix:/tmp/vm.mig --local
+                          (RAM, disk and TAP descriptors move, not pages: how to upgrade swiftvmm
+                          under a running guest)
         Exit status of run: the guest's debug-exit value v gives (v<<1)|1; 0 after a reset or
         clean stop; 2 for an error of the VMM or its input; 3 when the guest crashed.
         """,
+        version: SwiftVMMVersion.string,
         subcommands: [Run.self, Recv.self, Send.self, Save.self, Restore.self, StatusCommand.self, Cancel.self, StopCommand.self, ContCommand.self,
                       QuitCommand.self, MirrorResync.self, Inspect.self, CPUFeatures.self, CPUBaseline.self],
         defaultSubcommand: nil)

@@ -90,5 +90,6 @@ static inline void clinux_store_release16(uint16_t *p, uint16_t v) { __atomic_st
 /// Extended attributes (a disk mirror's generation): 0 / the value's length, or -1 with errno.
 int clinux_fsetxattr(int fd, const char *name, const void *value, size_t size);
 long clinux_getxattr(const char *path, const char *name, void *value, size_t size);
+#include "clinux_fdpass.h"
 
 #endif

@@ -53,7 +53,8 @@ public final class DeviceManager: Sendable {
         guard !volumes.contains(disk.volume) else { throw .config("volume name '\(disk.volume)' is used twice") }
         let memory = self.memory
         return try attach { base, interrupt throws(VirtioError) in
-            try VirtioMMIODevice(device: VirtioBlock(path: disk.path, volume: disk.volume, readonly: disk.readonly, mirror: disk.mirror, memory: memory),
+            try VirtioMMIODevice(device: VirtioBlock(path: disk.path, volume: disk.volume, readonly: disk.readonly, mirror: disk.mirror,
+                                                     memory: memory, descriptor: disk.descriptor),
                                  base: base, memory: memory, interrupt: interrupt)
         }
     }
@@ -64,7 +65,7 @@ public final class DeviceManager: Sendable {
         let mac = nic.mac ?? VirtioNet.generatedMAC(vmName: vmName, index: nics.count)
         let memory = self.memory
         return try attach { base, interrupt throws(VirtioError) in
-            try VirtioMMIODevice(device: VirtioNet(tap: nic.tap, mac: mac, memory: memory),
+            try VirtioMMIODevice(device: VirtioNet(tap: nic.tap, mac: mac, memory: memory, descriptor: nic.descriptor),
                                  base: base, memory: memory, interrupt: interrupt)
         }
     }

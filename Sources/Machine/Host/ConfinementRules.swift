@@ -16,7 +16,7 @@ enum ConfinementRules {
         "ioctl", "readv", "pread64", "pwrite64", "lseek", "fdatasync", "fsync", "ftruncate", "openat", "newfstatat", "fstat", "statx",
         "fcntl", "dup", "unlink", "rename", "renameat", "renameat2", "umask", "chmod", "mincore", "getrusage", "setpriority", "prlimit64",
         "poll", "ppoll", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "eventfd2", "signalfd4",
-        "timerfd_create", "timerfd_settime", "pipe2",
+        "timerfd_create", "timerfd_settime", "pipe2", "memfd_create",
         "socket", "bind", "listen", "accept", "accept4", "connect", "shutdown", "sendto", "sendmsg", "recvfrom",
         "recvmsg", "setsockopt", "getsockopt", "getsockname", "getpeername", "set_tid_address", "readlink",
         // A target of `send --copy-storage` checks its file system's free space.
@@ -41,7 +41,8 @@ enum ConfinementRules {
 
     /// A migration and its helpers (the memory-slot thread, the throttle ticker): sockets, the
     /// dirty log, residency of guest pages, the target's machine (KVM, disk images, TAPs); and
-    /// a save, which writes a snapshot file (sized with ftruncate, then pwrite, rename).
+    /// a save, which writes a snapshot file (sized with ftruncate, then pwrite, rename); and a
+    /// local hand-over's claim word (a memfd).
     static let migration = process.filter { !["bind", "listen", "chmod", "umask"].contains($0) }
 
     static func allowed(_ kind: Confinement.ThreadKind) -> [String] {

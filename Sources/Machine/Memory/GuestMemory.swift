@@ -33,15 +33,24 @@ public final class MemoryRegion: @unchecked Sendable {
     /// The file this region is mapped from (its own descriptor) and where in it, when its
     /// pages fault in from a snapshot; nil for anonymous memory.
     public let backing: (fd: Int32, offset: UInt64)?
+    /// The shared file (a memfd) this region is mapped from with MAP_SHARED, its own descriptor;
+    /// nil for private memory. A local hand-over passes it to the next process.
+    public let sharedFD: Int32?
 
     public var pageCount: Int { Int(size / MemoryMap.pageSize) }
     public var end: UInt64 { start.raw + size }
 
     /// Anonymous memory, or — with `file` — memory that starts as `file`'s bytes at `offset`.
-    init(start: GuestAddress, size: UInt64, slot: UInt32, file: (MemoryFile, UInt64)? = nil) throws(MemoryError) {
+    init(start: GuestAddress, size: UInt64, slot: UInt32, file: (MemoryFile, UInt64)? = nil,
+         shared: SharedRAM? = nil) throws(MemoryError) {
         var backing: (fd: Int32, offset: UInt64)?
+        var sharedFD: Int32?
         let p: UnsafeMutableRawPointer
-        if let (f, offset) = file, f.mode == .mapped {
+        if let shared {
+            let (mapping, fd) = try Self.mapShared(shared, size: size)
+            p = mapping
+            sharedFD = fd
+        } else if let (f, offset) = file, f.mode == .mapped {
             let own = fcntl(f.fd, F_DUPFD_CLOEXEC, 0)
             guard own >= 0 else { throw .file(offset: offset, errno: errno) }
             do { p = try Self.mapFile(fd: own, offset: offset, size: size) } catch {
@@ -61,6 +70,7 @@ public final class MemoryRegion: @unchecked Sendable {
         }
         _ = madvise(p, Int(size), MADV_DONTDUMP)
         self.backing = backing
+        self.sharedFD = sharedFD
         self.start = start
         self.size = size
         self.host = p
@@ -73,6 +83,7 @@ public final class MemoryRegion: @unchecked Sendable {
     deinit {
         munmap(host, Int(size))
         if let b = backing { close(b.fd) }
+        if let s = sharedFD { close(s) }
         dirty.deallocate()
     }
 
@@ -123,14 +134,23 @@ public final class GuestMemory: @unchecked Sendable {
     public let map: MemoryMap
     public let regions: [MemoryRegion]
 
-    /// Guest RAM for `map`: anonymous (zero), or starting as the contents of `file`.
-    public init(map: MemoryMap, firstSlot: UInt32 = 0, file: MemoryFile? = nil) throws(MemoryError) {
+    /// Guest RAM for `map`: anonymous (zero), or starting as the contents of `file`, or — by
+    /// `backend` — shared files another process can map.
+    public init(map: MemoryMap, firstSlot: UInt32 = 0, file: MemoryFile? = nil,
+                backend: MemoryBackend = .anonymous) throws(MemoryError) {
         self.map = map
         var regions: [MemoryRegion] = []
         if let file, file.offsets.count != map.ram.count { throw .file(offset: 0, errno: EINVAL) }
+        if case .adopted(let fds) = backend, fds.count != map.ram.count { throw .file(offset: 0, errno: EINVAL) }
         for (i, r) in map.ram.enumerated() {
             let f = file.map { ($0, $0.offsets[i]) }
-            regions.append(try MemoryRegion(start: r.start, size: r.size, slot: firstSlot + UInt32(i), file: f))
+            var shared: SharedRAM?
+            switch backend {
+            case .anonymous: break
+            case .memfd: shared = .create(name: "swiftvmm-ram\(i)")
+            case .adopted(let fds): shared = .adopt(fds[i])
+            }
+            regions.append(try MemoryRegion(start: r.start, size: r.size, slot: firstSlot + UInt32(i), file: f, shared: shared))
         }
         self.regions = regions
     }

@@ -32,6 +32,11 @@ public struct MachineDescription: Sendable, Equatable {
     public var storage = StorageCopyPlan()
     /// The guest's mirrored volumes: a target whose file is an in-sync mirror moves no disk data.
     public var mirrors: [MirrorClaim] = []
+    /// A local hand-over (`send --local`): guest RAM, disks and TAPs arrive as descriptors
+    /// instead of pages; required of the target, which must map rather than copy.
+    public var handover = false
+    /// Guest RAM is in shared files another process can map (`run --memory-backend memfd`).
+    public var sharedMemory = false
 
     public init(name: String, uuid: String, vmmVersion: String, memorySize: UInt64, cpus: Int,
                 cpuid: [CPUIDEntry], devices: [Device], tscKHz: UInt32, cpuModel: String = "host") {
@@ -46,11 +51,19 @@ public struct MachineDescription: Sendable, Equatable {
             memorySize: vm.memory.totalSize, cpus: vm.cpus.count, cpuid: vm.cpuid.first ?? [],
             devices: vm.devices.all.map { Device(stateName: $0.stateName, kind: $0.kind, volume: $0.volumeName) },
             tscKHz: vm.tscKHz, cpuModel: vm.config.cpuModel.name)
+            .with(sharedMemory: vm.memory.isShareable)
+    }
+
+    private func with(sharedMemory: Bool) -> MachineDescription {
+        var d = self
+        d.sharedMemory = sharedMemory
+        return d
     }
 
     public var stateNode: StateNode {
         var root = StateNode(name: "")
-        let required = Wire.requiredFeatures + (dryRun ? ["dry-run"] : []) + (storage.volumes.isEmpty ? [] : [StorageCopyPlan.feature])
+        let required = Wire.requiredFeatures + (dryRun ? ["dry-run"] : [])
+            + (storage.volumes.isEmpty ? [] : [StorageCopyPlan.feature]) + (handover ? ["local-handover"] : [])
         root.set("required-features", bytes: Array(required.map { $0 + "\0" }.joined().utf8))
         root.set("name", string: name)
         root.set("uuid", string: uuid)
@@ -59,6 +72,7 @@ public struct MachineDescription: Sendable, Equatable {
         root.set("cpus", UInt32(cpus))
         root.set("tsc-khz", tscKHz)
         root.set("cpu-model", string: cpuModel)
+        if sharedMemory { root.set("shared-memory", true) }
         var flat: [UInt32] = []
         for e in cpuid { flat += [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] }
         root.set("cpuid", array: flat)
@@ -85,6 +99,8 @@ public struct MachineDescription: Sendable, Equatable {
                 throw MigrationError.refused("the source requires stream features this swiftvmm lacks: \(unknown.joined(separator: ", "))")
             }
             dryRun = required.contains("dry-run")
+            handover = required.contains("local-handover")
+            sharedMemory = (try? root.bool("shared-memory")) ?? false
             name = try root.string("name")
             uuid = try root.string("uuid")
             vmmVersion = try root.string("vmm-version")

@@ -6,6 +6,8 @@ import Machine
 public struct SaveOptions: Sendable {
     /// Resume the guest after saving instead of stopping it.
     public var leaveRunning = false
+    /// Pre-copy into the file while the guest runs, then a short stop-and-copy (`LiveSave.swift`).
+    public var live = false
     public init(leaveRunning: Bool = false) { self.leaveRunning = leaveRunning }
 }
 
@@ -40,6 +42,7 @@ public enum Snapshot {
     /// `leaveRunning`, resumes it (a guest the user had paused stays paused). On failure the
     /// guest carries on as before and no file is left behind.
     public static func save(_ vm: VM, to path: String, options: SaveOptions) throws -> SaveReport {
+        if options.live && !vm.isPaused { return try saveLive(vm, to: path, options: options) }
         let start = Clock.monotonic()
         let wasPaused = vm.isPaused
         guard vm.freeze() else { throw MigrationError.machine("the guest stopped before it could be saved") }

@@ -27,6 +27,9 @@ public struct SendOptions: Sendable {
     public var copyStorage = false
     /// With `copyStorage`: hash both sides' images at the pause; commit only when they match.
     public var verifyStorage = false
+    /// Local hand-over: pass guest RAM (memfds), disks and TAP queues as descriptors over the
+    /// UNIX socket instead of copying pages; only vCPU and device state cross.
+    public var local = false
 
     public init(endpoint: Endpoint) { self.endpoint = endpoint }
 }
@@ -68,12 +71,20 @@ public final class MigrationSource: @unchecked Sendable {
     @discardableResult
     public func resumeHere() -> Bool {
         guard let s = inDoubtSession.withLock({ s -> SourceSession? in defer { s = nil }; return s }) else { return false }
+        if let claim = s.claim, !claim.takeBackForSource() {
+            inDoubtSession.withLock { $0 = s }
+            return false
+        }
         s.vm.stopDirtyLog()
         s.vm.setThrottle(percent: 0)
         s.vm.thaw()
         progress.update { $0.phase = .failed; $0.error = "resumed on the source after an in-doubt hand-off" }
         return true
     }
+
+    /// After an in-doubt local hand-over: the target took the guest and ran it on the shared
+    /// memory, so this paused copy is stale and must never resume.
+    public var guestTakenByTarget: Bool { inDoubtSession.withLock { $0?.claim?.takenByTarget } ?? false }
 
     public func run() throws -> MigrationReport {
         progress.update {
@@ -87,9 +98,14 @@ public final class MigrationSource: @unchecked Sendable {
         var runner = PhaseRunner(session: session, progress: progress, committed: { session.committed })
         do {
             try runner.run(SourceConnect())
-            try runner.run(SourcePreCheck())
-            try runner.run(SourcePreCopy())
-            try runner.run(SourceStopAndCopy())
+            if options.local {
+                try runner.run(SourceLocalOffer())
+                try runner.run(SourceLocalStop())
+            } else {
+                try runner.run(SourcePreCheck())
+                try runner.run(SourcePreCopy())
+                try runner.run(SourceStopAndCopy())
+            }
             try runner.run(SourceHandOff())
             progress.update {
                 $0.phase = .completed
@@ -127,6 +143,8 @@ final class SourceSession: @unchecked Sendable {
     var committed = false
     /// `go` was sent and `running` never came: the paused guest waits for the operator.
     var inDoubt = false
+    /// A local hand-over's claim on the guest (`HandoverClaim`).
+    var claim: HandoverClaim?
     var policy: ConvergencePolicy
     let limiter: RateLimiter
     var encoder: PageEncoder?

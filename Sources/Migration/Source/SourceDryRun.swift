@@ -13,6 +13,7 @@ extension MigrationSource {
             let conn = try session.conn()
             var description = MachineDescription.of(vm, uuid: uuid)
             description.dryRun = true
+            description.handover = options.local
             try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
             let verdict = try conn.expect(DryRunVerdict.self)
             reasons = Array(verdict.reasons.prefix(64).map { String($0.prefix(1000)) })

@@ -223,9 +223,11 @@ final class SourceHandOff: MigrationStep {
         let conn = try s.conn()
         // A `go` the socket refused was never delivered: the failure rolls back, the guest
         // resumes here. Once it is written, the target may run the guest.
+        if let claim = s.claim, !claim.commit() { throw MigrationError.machine("the hand-over claim was no longer open") }
         try conn.send(s.goMessage())
         s.committed = true
-        for nic in s.vm.devices.all.compactMap({ $0 as? any AnnouncingDevice }) { nic.leave() }
+        // A handed-over TAP queue is the target's now: it stays attached.
+        if !s.options.local { for nic in s.vm.devices.all.compactMap({ $0 as? any AnnouncingDevice }) { nic.leave() } }
         Faults.hit(.afterGo, .source, conn)
         let running: Running
         do { running = try conn.expect(Running.self) } catch {

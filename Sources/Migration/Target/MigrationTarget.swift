@@ -85,6 +85,10 @@ public final class MigrationTarget: @unchecked Sendable {
         if let p = boundPath { unlink(p); boundPath = nil }
     }
 
+    /// After an in-doubt local hand-over: the source took the guest back, so this paused copy
+    /// must never resume.
+    public var guestTakenBySource: Bool { session.map { $0.inDoubt && $0.claim?.takenBySource == true } ?? false }
+
     /// After an in-doubt hand-off: the paused machine that holds the guest.
     public var heldMachine: VM? { session.flatMap { $0.inDoubt ? $0.vm : nil } }
 
@@ -93,6 +97,7 @@ public final class MigrationTarget: @unchecked Sendable {
     @discardableResult
     public func resumeHere() -> Bool {
         guard let s = session, s.inDoubt, !s.resumed else { return false }
+        if let claim = s.claim, !claim.takeForTargetInDoubt() { return false }
         do { try s.resumeGuest() } catch { return false }
         progress.update { $0.phase = .completed; $0.error = "resumed on the target after an in-doubt hand-off" }
         return true
@@ -173,6 +178,8 @@ final class TargetSession {
     /// The hand-off broke in the window where the outcome is unknown: keep the paused copy.
     var inDoubt = false
     var resumedAtNanos: UInt64 = 0
+    /// A local hand-over's claim on the guest (`HandoverClaim`).
+    var claim: HandoverClaim?
 
     init(target: MigrationTarget, options: ReceiveOptions, progress: ProgressBox, cancellation: Cancellation) {
         self.target = target

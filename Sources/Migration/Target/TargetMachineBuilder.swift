@@ -16,6 +16,8 @@ public struct TargetMachineBuilder: Sendable {
     public var kvmDevice: String
     /// The command whose options a refusal names (`recv`, `restore`).
     public var command = "recv"
+    /// What guest RAM is made of (a local hand-over adopts the source's memfds).
+    public var memoryBackend: MemoryBackend = .anonymous
 
     public init(name: String? = nil, serial: any SerialSink = FileDescriptorSink(fd: 1), disks: [DiskConfig] = [],
                 nics: [NICConfig] = [], cpuidDeny: [String] = [], kvmDevice: String = "/dev/kvm") {
@@ -39,6 +41,7 @@ public struct TargetMachineBuilder: Sendable {
         var config = VMConfig(name: name ?? desc.name, memorySize: desc.memorySize, cpus: desc.cpus, serial: serial,
                               cpuidDeny: cpuidDeny, kvmDevice: kvmDevice, disks: disks, nics: nics,
                               cpuidTable: desc.cpuid, deferMemorySlots: true)
+        config.memoryBackend = memoryBackend
         if case .scale(let guest, let host) = try? TSCRate.decide(guestKHz: desc.tscKHz, kvmDevice: kvmDevice) {
             FileHandle.standardError.write(Data("swiftvmm: the guest's TSC runs at \(TSCRate.format(guest)), this host's at \(TSCRate.format(host)): KVM scales it to the guest's rate\n".utf8))
             config.tscKHz = guest

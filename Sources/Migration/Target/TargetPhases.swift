@@ -81,10 +81,11 @@ final class TargetPreCheck: MigrationStep {
         }
         if desc.dryRun { try Self.dryRun(desc, s) }
         s.target.closeListener()
-        try Self.check(desc, s.options)
-        let present = MirrorCheck.present(desc.mirrors, disks: s.options.machine.disks)
-        s.diskCopy = try DiskCopyTarget.prepare(desc.storage, disks: s.options.machine.disks, present: Set(present))
-        let vm = try s.options.machine.build(desc)
+        let options = desc.handover ? try TargetHandover.receive(desc, s) : s.options
+        try Self.check(desc, options)
+        let present = MirrorCheck.present(desc.mirrors, disks: options.machine.disks)
+        s.diskCopy = try DiskCopyTarget.prepare(desc.storage, disks: options.machine.disks, present: Set(present))
+        let vm = try options.machine.build(desc)
         s.vm = vm
         s.description = desc
         s.target.onMachine?(vm)
@@ -102,6 +103,8 @@ final class TargetPreCheck: MigrationStep {
         }
         vm.start(paused: true)
         vm.devices.quiesce()
+        // A hand-over's state follows at once: the slots must exist before it comes.
+        if desc.handover { try s.slots?.wait() }
         try conn.send(Accept(name: vm.config.name, mirrorVolumes: present, stateLoadMs: loadMs))
         Faults.hit(.afterPrecheck, .target, conn)
         s.progress.update { $0.memoryBytes = desc.memorySize }
@@ -125,7 +128,7 @@ final class TargetPreCheck: MigrationStep {
         do { _ = try MemoryMap(memorySize: desc.memorySize) } catch {
             out.append("guest memory layout cannot be hosted: \(error)")
         }
-        if let avail = HostMemory.available(), avail < desc.memorySize {
+        if !desc.handover, let avail = HostMemory.available(), avail < desc.memorySize {
             out.append("not enough free memory on the target: the guest needs \(ByteSize.format(desc.memorySize)), \(ByteSize.format(avail)) available")
         }
         do {
@@ -136,6 +139,7 @@ final class TargetPreCheck: MigrationStep {
             }
         } catch { out.append("\(error)") }
         if let tsc = tscProblem(desc, options) { out.append(tsc) }
+        if desc.handover { return out + TargetHandover.reasons(desc, options) }
         return out + options.machine.deviceProblems(desc)
             + DiskCopyTarget.problems(desc.storage, disks: options.machine.disks, command: options.machine.command,
                                       present: Set(MirrorCheck.present(desc.mirrors, disks: options.machine.disks)))
@@ -158,7 +162,7 @@ final class TargetPreCheck: MigrationStep {
     /// to the source and into `status`, and the target waits for the next source.
     static func dryRun(_ desc: MachineDescription, _ s: TargetSession) throws {
         var reasons = reasons(desc, s.options)
-        if reasons.isEmpty {
+        if reasons.isEmpty && !desc.handover {
             do { try s.options.machine.build(desc).tearDown(.internalError("dry run")) } catch { reasons.append("\(error)") }
         }
         let verdict = DryRunVerdict(eligible: reasons.isEmpty, reasons: reasons)
@@ -265,6 +269,7 @@ final class TargetHandOff: MigrationStep {
             throw error
         }
         Faults.hit(.afterGo, .target, conn)
+        if let claim = s.claim, !claim.takeForTarget() { throw MigrationError.cancelled("the source took the guest back") }
         // Committed by the source: from here on the guest runs here.
         let resumeStart = Clock.monotonic()
         try s.resumeGuest()

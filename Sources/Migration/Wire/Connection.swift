@@ -23,6 +23,8 @@ public final class Connection: ByteSource, @unchecked Sendable {
 
     /// A connection that only reads: what it would send is dropped (a captured stream replayed).
     let discardsWrites: Bool
+    /// Descriptors passed along with the bytes (a local hand-over); unclaimed ones close with it.
+    let descriptors = DescriptorChannel()
 
     public init(fd: Int32, discardingWrites: Bool = false) {
         self.fd = fd
@@ -32,7 +34,7 @@ public final class Connection: ByteSource, @unchecked Sendable {
 
     public func close() {
         closeLock.lock(); defer { closeLock.unlock() }
-        if !closed { closed = true; Glibc.close(fd) }
+        if !closed { closed = true; Glibc.close(fd); descriptors.received.closeAll() }
     }
 
     /// Makes blocked reads and writes return with an error (from any thread).
@@ -65,7 +67,7 @@ public final class Connection: ByteSource, @unchecked Sendable {
                 var msg = msghdr()
                 msg.msg_iov = p.baseAddress
                 msg.msg_iovlen = min(p.count, 64)
-                return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                return sendSome(&msg, flags: Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
             }
             if n < 0 {
                 if errno == EINTR { continue }
@@ -110,9 +112,9 @@ public final class Connection: ByteSource, @unchecked Sendable {
             let n: Int
             if want >= readBuffer.count / 2, let d = out.baseAddress {
                 // Big payloads go straight into the caller's buffer.
-                n = Glibc.read(fd, d + done, want)
+                n = readSome(d + done, want)
             } else {
-                n = readBuffer.withUnsafeMutableBytes { b in Glibc.read(fd, b.baseAddress, b.count) }
+                n = readBuffer.withUnsafeMutableBytes { b in readSome(b.baseAddress, b.count) }
             }
             if n < 0 {
                 if errno == EINTR { continue }

@@ -30,7 +30,7 @@ public enum Wire {
     public static let streamVersion: UInt32 = 2
     public static let maxSectionLength = 64 << 20
     /// FDT feature names this reader understands (see `required-features`).
-    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2", "dry-run", "copy-storage-v1"]
+    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2", "dry-run", "copy-storage-v1", "local-handover"]
     /// What this writer requires of a reader.
     public static let requiredFeatures = ["pages-v1", "state-v2"]
 }
@@ -55,6 +55,7 @@ public enum SectionType: UInt16, Sendable, CaseIterable {
     case sealed = 16        // either way, after a keyed handshake: any other section, encrypted
     case verdict = 17       // R→S: a dry run's result — eligible, or every reason not (JSON)
     case diskBlocks = 18    // S→R: a run of a copied disk image (`send --copy-storage`)
+    case handover = 24      // S→R: local hand-over — what the descriptors passed with it are (JSON + SCM_RIGHTS)
 
     public var name: String { String(describing: self) }
 }

@@ -74,17 +74,19 @@ public final class VirtioBlock: VirtioDevice {
     /// The second image every write also goes to (`--disk …,mirror=Q`).
     public let mirror: DiskMirror?
     let memory: GuestMemory
-    private let fd: Int32
+    let fd: Int32
 
     public var deviceID: UInt32 { VirtioSpec.DeviceID.block }
     public var queueSizes: [UInt16] { [Self.queueSize] }
     public var maxChainBytes: UInt64 { Self.maxRequestBytes }
     public var volumeName: String? { volume }
 
-    /// Opens `path` (read-only with `readonly`), and `mirror` when given. The image must be a
+    /// Opens `path` (read-only with `readonly`), or takes a duplicate of `descriptor` (an image
+    /// handed over by another process); and opens `mirror` when given. The image must be a
     /// non-empty multiple of 512 bytes.
-    public init(path: String, volume: String, readonly: Bool, mirror: String? = nil, memory: GuestMemory) throws(VirtioError) {
-        let fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+    public init(path: String, volume: String, readonly: Bool, mirror: String? = nil, memory: GuestMemory,
+                descriptor: Int32? = nil) throws(VirtioError) {
+        let fd = descriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard fd >= 0 else {
             let e = errno
             if e == EROFS || (e == EACCES && !readonly) {

@@ -40,6 +40,14 @@ extension VirtioNet {
         return (fd, actualName.isEmpty ? name : actualName, multiQueue)
     }
 
+    /// A duplicate of a TAP queue descriptor another process handed over, used as it is
+    /// (its virtio-net header size and offloads were set by whoever opened it).
+    static func adoptTAP(_ descriptor: Int32, name: String) throws(VirtioError) -> (fd: Int32, name: String, multiQueue: Bool) {
+        let fd = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
+        guard fd >= 0 else { throw .tap(name: name, reason: "cannot take the handed-over descriptor: \(String(cString: strerror(errno)))") }
+        return (fd, name, false)
+    }
+
     /// Attaches or detaches our queue of a multi-queue TAP: a detached queue is skipped when
     /// the kernel spreads incoming frames over the TAP's queues.
     func setQueueAttached(_ attached: Bool) {

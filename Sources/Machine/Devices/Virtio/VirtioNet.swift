@@ -85,9 +85,13 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     public var queueSizes: [UInt16] { [Self.queueSize, Self.queueSize] }
     public var maxChainBytes: UInt64 { UInt64(Self.headerSize + Self.maxFrame) }
 
-    /// Opens (or creates, which needs CAP_NET_ADMIN) the TAP interface `tap`.
-    public convenience init(tap: String, mac: [UInt8], memory: GuestMemory) throws(VirtioError) {
-        let (fd, name, multiQueue) = try Self.openTAP(tap)
+    /// Opens (or creates, which needs CAP_NET_ADMIN) the TAP interface `tap`, or takes a duplicate
+    /// of `descriptor`, the queue of `tap` another process handed over: this NIC then never
+    /// attaches or detaches it (it is the one queue the guest had, multi-queue or not).
+    public convenience init(tap: String, mac: [UInt8], memory: GuestMemory, descriptor: Int32? = nil) throws(VirtioError) {
+        let opened: (fd: Int32, name: String, multiQueue: Bool)
+        if let descriptor { opened = try Self.adoptTAP(descriptor, name: tap) } else { opened = try Self.openTAP(tap) }
+        let (fd, name, multiQueue) = opened
         do {
             try self.init(fd: fd, interfaceName: name, mac: mac, memory: memory, multiQueue: multiQueue)
         } catch {

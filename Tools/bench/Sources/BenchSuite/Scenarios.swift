@@ -30,6 +30,7 @@ public let allScenarios: [any Scenario] = [
     Startup(), Rss(), MigrateIdle(), MigrateRandom(), MigrateDirty(), MigrateDirtyRandom(), Blk(), Net(), BlkPattern(), MigrateDirtyRaw(),
     MigrateRandomSealed(), MigrateDirtySealed(), SaveSnapshot(), RestoreSnapshot(),
     MigrateDisk(),
+    Handover(memory: "256M"), Handover(memory: "4G"), Handover(memory: "16G"),
 ]
 
 let MiB = 1 << 20
