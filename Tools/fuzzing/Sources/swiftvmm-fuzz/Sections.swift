@@ -64,6 +64,9 @@ enum SectionsTarget {
             if let node = try? FDTCodec.decode(s.payload) { _ = try? MachineDescription(node: node) }
         case .state: StateTarget.run(s.payload)
         case .pages: PagesTarget.run(s.payload)
+        case .diskBlocks:
+            if let run = try? DiskRun(decoding: s.payload) { _ = try? run.bytes() }
+        case .handover: _ = try? s.message(HandoverOffer.self)
         case .sealed: require(false, "the reader returned a sealed section unopened")
         }
     }
