@@ -65,7 +65,7 @@ public final class VM: @unchecked Sendable {
         } catch { throw .kvm(error) }
         // Migration clears the dirty log in chunks without stalling the guest.
         kvm.enableManualDirtyLogProtect()
-        do { memory = try GuestMemory(map: map, file: config.memoryFile) } catch { throw .memory(error) }
+        do { memory = try GuestMemory(map: map, file: config.memoryFile, backend: config.memoryBackend) } catch { throw .memory(error) }
         if config.memorySlotsInBackground {
             let (kvm, memory) = (kvm, memory)
             pendingSlots = SlotRegistration { () throws(VMError) in try Self.registerSlots(kvm, memory) }
