@@ -14,11 +14,13 @@ struct StorageMigrationFailureTests {
     enum Failure: CustomStringConvertible {
         case cancelOnSource
         case targetCloses(String)
+        case targetCrashes(String)
         case sourceKilled(String)
         var description: String {
             switch self {
             case .cancelOnSource: return "cancel on the source in pre-copy"
             case .targetCloses(let p): return "target closes at \(p)"
+            case .targetCrashes(let p): return "target dies at \(p)"
             case .sourceKilled(let p): return "source killed at \(p)"
             }
         }
@@ -26,7 +28,7 @@ struct StorageMigrationFailureTests {
 
     @Test("cancel, a target failing at each phase before the commit, and a killed source: the source image keeps every acknowledged write, the guest PASSes on the source, the target's new file is removed", arguments: [
         Failure.cancelOnSource, .targetCloses("after-precheck"), .targetCloses("mid-round-0"), .targetCloses("mid-round-n"),
-        .targetCloses("after-state"), .sourceKilled("mid-round-0"),
+        .targetCloses("after-state"), .targetCrashes("mid-round-n"), .sourceKilled("mid-round-0"),
     ])
     func failureBeforeCommit(_ failure: Failure) throws {
         let rig = try MigrationRig()
@@ -38,6 +40,7 @@ struct StorageMigrationFailureTests {
         switch failure {
         case .cancelOnSource: break
         case .targetCloses(let p): targetEnv["SWIFTVMM_FAULT"] = "target:\(p):close"
+        case .targetCrashes(let p): targetEnv["SWIFTVMM_FAULT"] = "target:\(p):crash"
         case .sourceKilled(let p): sourceEnv["SWIFTVMM_FAULT"] = "source:\(p):crash"
         }
         let (src, api) = try rig.source("blktest.elf", cmdline: "loop blocks=\(Self.blocks) count=\(Self.writes) flush-every=8",
@@ -58,6 +61,8 @@ struct StorageMigrationFailureTests {
         #expect(send.wait(timeout: 120).map { $0 != 0 } == true, "send succeeded: \(send.stdout)")
         #expect(dst.wait(timeout: 60).map { $0 != 0 } == true, "recv did not fail: \(dst.transcript)")
         #expect(!FileManager.default.fileExists(atPath: copy), "\(failure): the target left its half-copied \(copy)")
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: (copy as NSString).deletingLastPathComponent)) ?? []
+        #expect(!left.contains { $0.hasPrefix("target.img") }, "\(failure): the target left \(left)")
 
         if case .sourceKilled = failure { return }
         // The guest carries on at the source and finishes there.
@@ -69,12 +74,14 @@ struct StorageMigrationFailureTests {
         #expect(problems.isEmpty, "\(failure): \(problems.joined(separator: "\n"))")
     }
 
-    @Test("a failed migration leaves a target file it did not create in place")
+    @Test("a failed migration leaves a target file it did not create in place and unchanged")
     func existingTargetFileStays() throws {
         let rig = try MigrationRig()
         let image = rig.path("source.img"), copy = rig.path("target.img")
         try sparseImage(image, bytes: 8 << 20)
         try sparseImage(copy, bytes: 8 << 20)
+        let pristine = rig.path("pristine.img")
+        #expect(sh("head -c 65536 /dev/urandom | dd of='\(copy)' conv=notrunc status=none && cp '\(copy)' '\(pristine)'").status == 0)
         let (src, api) = try rig.source("blktest.elf", cmdline: "loop blocks=\(Self.blocks) count=\(Self.writes)",
                                         memory: "64M", extra: ["--disk", "vol=data,path=\(image)"])
         defer { src.signal(SIGKILL); _ = src.wait(timeout: 10) }
@@ -87,6 +94,7 @@ struct StorageMigrationFailureTests {
         #expect(s.status != 0)
         #expect(dst.wait(timeout: 60).map { $0 != 0 } == true)
         #expect(FileManager.default.fileExists(atPath: copy), "the target removed a file it did not create")
+        #expect(sh("cmp -s '\(copy)' '\(pristine)'").status == 0, "the target changed a file before the commit")
         #expect(src.waitFor("PASS seq=\(Self.writes)", timeout: 120), "\(src.transcript)")
     }
 

@@ -59,10 +59,33 @@ struct DiskCopyTests {
         other[0] = 1
         #expect(throws: MigrationError.self) { try target.apply(other) }
         try target.apply(Self.encode(block, offset: 65536))
+        #expect(!FileManager.default.fileExists(atPath: path), "the copy appeared at the volume's path before the commit")
+        _ = try target.finish()
+        #expect(!FileManager.default.fileExists(atPath: path), "the copy appeared at the volume's path before the commit")
+        target.publish()
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
         #expect(bytes.count == 1 << 20 && Array(bytes[65536..<131072]) == block && bytes[0] == 0)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["copy.img"])
+    }
+
+    @Test("a copy the migration abandons leaves no file, and the file that was at the volume's path is untouched")
+    func abandonedCopyLeavesNothing() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("diskcopy-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("copy.img").path
+        let before = Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        try before.write(to: URL(fileURLWithPath: path))
+        var plan = StorageCopyPlan()
+        plan.volumes = [.init(name: "data", bytes: 1 << 20, allocated: 65536)]
+        var disk = DiskConfig(path: path, volume: "data")
+        disk.copy = true
+        let target = try #require(try DiskCopyTarget.prepare(plan, disks: [disk]))
+        try target.apply(Self.encode([UInt8](repeating: 0x5a, count: 65536)))
+        _ = try target.finish()
         target.discard()
-        #expect(!FileManager.default.fileExists(atPath: path), "the file recv created is still there")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before, "the existing file changed")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["copy.img"], "a staged copy was left")
     }
 
     @Test("the pre-check names a copied volume without a copy disk, a copy disk the source does not copy, and too little space")

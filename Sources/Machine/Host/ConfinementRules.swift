@@ -14,7 +14,7 @@ enum ConfinementRules {
     /// whole may do then (the dispatch threads, the main thread, the control socket's acceptor).
     static let process = common + [
         "ioctl", "readv", "pread64", "pwrite64", "lseek", "fdatasync", "fsync", "ftruncate", "openat", "newfstatat", "fstat", "statx",
-        "fcntl", "dup", "unlink", "rename", "renameat", "renameat2", "umask", "chmod", "mincore", "getrusage", "setpriority", "prlimit64",
+        "fcntl", "dup", "unlink", "rename", "renameat", "renameat2", "linkat", "fchmod", "umask", "chmod", "mincore", "getrusage", "setpriority", "prlimit64",
         "poll", "ppoll", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "eventfd2", "signalfd4",
         "timerfd_create", "timerfd_settime", "pipe2", "memfd_create",
         "socket", "bind", "listen", "accept", "accept4", "connect", "shutdown", "sendto", "sendmsg", "recvfrom",

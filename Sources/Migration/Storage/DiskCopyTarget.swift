@@ -3,19 +3,28 @@ import Glibc
 import Machine
 
 /// The target's half of `send --copy-storage`: checks the `copy` disks against the source's
-/// plan, creates or truncates each file to its volume's size, writes the runs that arrive,
-/// and fsyncs (and, asked to, hashes) the images before `ready`. When the migration fails
-/// before the guest runs here, the files it created are removed — never one it did not create.
+/// plan, writes the runs that arrive, and fsyncs (and, asked to, hashes) the images before
+/// `ready`. A copy into a regular file goes into a nameless file in the same directory
+/// (`O_TMPFILE`), given a temporary name before `ready` and renamed over the volume's path at
+/// the commit: until then the path is untouched, and a target that dies — even killed —
+/// leaves nothing behind. Where the file system has no `O_TMPFILE`, the file is created (or
+/// truncated) at its path and a file this target created is removed when the migration
+/// fails — never one it did not create. A block device is written in place.
 final class DiskCopyTarget {
+    /// How a copy reaches the volume's path.
+    enum Placement { case inPlace, created, unnamed }
+
     struct Disk {
         let name: String
         let path: String
         let fd: Int32
         let bytes: UInt64
-        let created: Bool
+        let placement: Placement
+        /// An unnamed copy's temporary name once it has one (before `ready`).
+        var staged: String? = nil
     }
 
-    let disks: [Disk]
+    private(set) var disks: [Disk]
     let verify: Bool
     private var discarded = false
 
@@ -41,13 +50,12 @@ final class DiskCopyTarget {
     static func spaceProblem(_ v: StorageCopyPlan.Volume, path: String) -> String? {
         var st = stat()
         if stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK { return nil }
-        let existing = st.st_mode & S_IFMT == S_IFREG ? UInt64(st.st_blocks) * 512 : 0
         let dir = (path as NSString).deletingLastPathComponent
         var fs = statvfs()
         guard statvfs(dir.isEmpty ? "." : dir, &fs) == 0 else {
             return "volume '\(v.name)': cannot reach the directory of \(path): \(String(cString: strerror(errno)))"
         }
-        let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize) + existing
+        let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
         guard free >= v.allocated else {
             return "volume '\(v.name)': \(path)'s file system has \(ByteSize.format(free)) free, the volume has \(ByteSize.format(v.allocated)) allocated"
         }
@@ -68,13 +76,47 @@ final class DiskCopyTarget {
                 disks.append(try Self.prepare(v, path: c.path))
             }
         } catch {
-            for d in disks { close(d.fd); if d.created { unlink(d.path) } }
+            for d in disks { close(d.fd); if d.placement == .created { unlink(d.path) } }
             throw error
         }
         self.disks = disks
     }
 
     private static func prepare(_ v: StorageCopyPlan.Volume, path: String) throws -> Disk {
+        var st = stat()
+        let exists = stat(path, &st) == 0
+        if exists && (st.st_mode & S_IFMT) == S_IFBLK { return try blockDevice(v, path: path) }
+        let dir = (path as NSString).deletingLastPathComponent
+        let unnamed = open(dir.isEmpty ? "." : dir, Self.oTmpfile | O_RDWR | O_CLOEXEC, 0o600)
+        if unnamed >= 0 {
+            if exists { fchmod(unnamed, st.st_mode & 0o7777) }
+            guard ftruncate(unnamed, off_t(v.bytes)) == 0 else {
+                let e = errno
+                close(unnamed)
+                throw MigrationError.refused("volume '\(v.name)': cannot size a copy of \(v.bytes) bytes beside \(path): \(String(cString: strerror(e)))")
+            }
+            return Disk(name: v.name, path: path, fd: unnamed, bytes: v.bytes, placement: .unnamed)
+        }
+        return try inPlace(v, path: path)
+    }
+
+    /// `open(dir, O_TMPFILE)`: a nameless file on the directory's file system (glibc declares
+    /// the flag only under _GNU_SOURCE).
+    static let oTmpfile: Int32 = 0o20_000_000 | O_DIRECTORY
+
+    private static func blockDevice(_ v: StorageCopyPlan.Volume, path: String) throws -> Disk {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw MigrationError.refused("volume '\(v.name)': cannot open \(path) for writing: \(String(cString: strerror(errno)))") }
+        let end = lseek(fd, 0, SEEK_END)
+        guard end >= 0, UInt64(end) == v.bytes else {
+            close(fd)
+            throw MigrationError.refused("volume '\(v.name)': block device \(path) has \(end) bytes, the volume \(v.bytes)")
+        }
+        return Disk(name: v.name, path: path, fd: fd, bytes: v.bytes, placement: .inPlace)
+    }
+
+    /// A file system without `O_TMPFILE`: the copy goes to the path itself.
+    private static func inPlace(_ v: StorageCopyPlan.Volume, path: String) throws -> Disk {
         var created = false
         var fd = open(path, O_RDWR | O_CLOEXEC)
         if fd < 0 && errno == ENOENT {
@@ -82,22 +124,17 @@ final class DiskCopyTarget {
             created = fd >= 0
         }
         guard fd >= 0 else { throw MigrationError.refused("volume '\(v.name)': cannot open \(path) for writing: \(String(cString: strerror(errno)))") }
-        var st = stat()
-        fstat(fd, &st)
-        if st.st_mode & S_IFMT == S_IFBLK {
-            let end = lseek(fd, 0, SEEK_END)
-            guard end >= 0, UInt64(end) == v.bytes else {
-                close(fd)
-                throw MigrationError.refused("volume '\(v.name)': block device \(path) has \(end) bytes, the volume \(v.bytes)")
-            }
-        } else if ftruncate(fd, 0) != 0 || ftruncate(fd, off_t(v.bytes)) != 0 {
+        if ftruncate(fd, 0) != 0 || ftruncate(fd, off_t(v.bytes)) != 0 {
             let e = errno
             close(fd)
             if created { unlink(path) }
             throw MigrationError.refused("volume '\(v.name)': cannot size \(path) to \(v.bytes) bytes: \(String(cString: strerror(e)))")
         }
-        return Disk(name: v.name, path: path, fd: fd, bytes: v.bytes, created: created)
+        return Disk(name: v.name, path: path, fd: fd, bytes: v.bytes, placement: created ? .created : .inPlace)
     }
+
+    /// The descriptor the machine's disk for `volume` takes instead of opening its path.
+    func descriptor(volume: String) -> Int32? { disks.first { $0.name == volume }?.fd }
 
     deinit { for d in disks { close(d.fd) } }
 
@@ -132,36 +169,52 @@ final class DiskCopyTarget {
         }
     }
 
-    /// Makes every image durable (and hashes it when the source asked): before `ready`.
+    /// Makes every image durable (and hashes it when the source asked), and gives each unnamed
+    /// copy its temporary name beside the volume's path: before `ready`.
     func finish() throws -> [String: String]? {
         try sync()
+        for i in disks.indices where disks[i].placement == .unnamed && disks[i].staged == nil {
+            let staged = disks[i].path + ".swiftvmm-incoming-\(getpid())"
+            unlink(staged)
+            guard linkat(AT_FDCWD, "/proc/self/fd/\(disks[i].fd)", AT_FDCWD, staged, AT_SYMLINK_FOLLOW) == 0 else {
+                throw MigrationError.machine("cannot name the copy of volume '\(disks[i].name)' \(staged): \(String(cString: strerror(errno)))")
+            }
+            disks[i].staged = staged
+        }
         guard verify else { return nil }
         var out: [String: String] = [:]
         for d in disks { out[d.name] = try DiskHash.sha256(fd: d.fd, bytes: d.bytes, path: d.path) }
         return out
     }
 
-    /// The migration failed before the guest ran here: the files this target created go.
+    /// The commit: every staged copy takes the volume's path (replacing what was there). A
+    /// failure leaves that copy, complete, under its staged name, and says so.
+    func publish() {
+        for d in disks {
+            guard let staged = d.staged else { continue }
+            if rename(staged, d.path) != 0 {
+                FileHandle.standardError.write(Data("swiftvmm: the copy of volume '\(d.name)' could not replace \(d.path) (\(String(cString: strerror(errno)))); it is complete at \(staged)\n".utf8))
+            }
+        }
+    }
+
+    /// After `publish()`: the renames made durable (each directory fsynced).
+    func syncDirectories() {
+        for d in disks where d.staged != nil {
+            let dir = (d.path as NSString).deletingLastPathComponent
+            let fd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd >= 0 { fsync(fd); close(fd) }
+        }
+    }
+
+    /// The migration failed before the guest ran here: the files this target created or
+    /// staged go; an unnamed copy vanishes with its last descriptor.
     func discard() {
         guard !discarded else { return }
         discarded = true
-        for d in disks where d.created { unlink(d.path) }
-    }
-}
-
-extension DiskCopyTarget {
-    /// The target for `plan`, or nil when nothing is copied.
-    static func prepare(_ plan: StorageCopyPlan, disks: [DiskConfig], present: Set<String> = []) throws -> DiskCopyTarget? {
-        plan.volumes.isEmpty ? nil : try DiskCopyTarget(plan: plan, disks: disks, present: present)
-    }
-}
-
-extension TargetSession {
-    /// One `diskBlocks` section: refused unless the source announced a copy.
-    func applyDiskRun(_ payload: [UInt8]) throws {
-        guard let copy = diskCopy else { throw MigrationError.stream("disk data arrived, but the source announced no --copy-storage") }
-        try copy.apply(payload)
-        let n = UInt64(payload.count + SectionFraming.overhead)
-        progress.update { $0.diskWireBytes += n }
+        for d in disks {
+            if d.placement == .created { unlink(d.path) }
+            if let staged = d.staged { unlink(staged) }
+        }
     }
 }

@@ -202,10 +202,12 @@ final class TargetSession {
     func resumeGuest() throws {
         let vm = try machine()
         resumed = true
+        diskCopy?.publish()
         vm.resume()
         vm.devices.unquiesce()
         resumedAtNanos = Clock.wallNanos()
         for nic in announcers { nic.announce() }
+        diskCopy?.syncDirectories()
     }
 }
 

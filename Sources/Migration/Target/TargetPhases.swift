@@ -81,10 +81,14 @@ final class TargetPreCheck: MigrationStep {
         }
         if desc.dryRun { try Self.dryRun(desc, s) }
         s.target.closeListener()
-        let options = desc.handover ? try TargetHandover.receive(desc, s) : s.options
+        var options = desc.handover ? try TargetHandover.receive(desc, s) : s.options
         try Self.check(desc, options)
         let present = MirrorCheck.present(desc.mirrors, disks: options.machine.disks)
         s.diskCopy = try DiskCopyTarget.prepare(desc.storage, disks: options.machine.disks, present: Set(present))
+        // A copied volume's disk is the copy being written (a nameless file until the commit).
+        for i in options.machine.disks.indices where options.machine.disks[i].copy {
+            options.machine.disks[i].descriptor = s.diskCopy?.descriptor(volume: options.machine.disks[i].volume)
+        }
         let vm = try options.machine.build(desc)
         s.vm = vm
         s.description = desc
