@@ -218,3 +218,20 @@ final class DiskCopyTarget {
         }
     }
 }
+
+extension DiskCopyTarget {
+    /// The target for `plan`, or nil when nothing is copied.
+    static func prepare(_ plan: StorageCopyPlan, disks: [DiskConfig], present: Set<String> = []) throws -> DiskCopyTarget? {
+        plan.volumes.isEmpty ? nil : try DiskCopyTarget(plan: plan, disks: disks, present: present)
+    }
+}
+
+extension TargetSession {
+    /// One `diskBlocks` section: refused unless the source announced a copy.
+    func applyDiskRun(_ payload: [UInt8]) throws {
+        guard let copy = diskCopy else { throw MigrationError.stream("disk data arrived, but the source announced no --copy-storage") }
+        try copy.apply(payload)
+        let n = UInt64(payload.count + SectionFraming.overhead)
+        progress.update { $0.diskWireBytes += n }
+    }
+}
