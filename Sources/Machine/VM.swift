@@ -66,6 +66,14 @@ public final class VM: @unchecked Sendable {
         // Migration clears the dirty log in chunks without stalling the guest.
         kvm.enableManualDirtyLogProtect()
         do { memory = try GuestMemory(map: map, file: config.memoryFile, backend: config.memoryBackend) } catch { throw .memory(error) }
+        // The irqchip and PIT first: creating them and a memory slot both wait on KVM's slots
+        // lock, so a slot made in the background overlaps with the vCPUs, devices and kernel load.
+        do {
+            try kvm.setTSSAddress(Self.tssAddress)
+            try kvm.setIdentityMapAddress(Self.identityMapAddress)
+            try kvm.createIRQChip()
+            try kvm.createPIT2()
+        } catch { throw .kvm(error) }
         if config.memorySlotsInBackground {
             let (kvm, memory) = (kvm, memory)
             pendingSlots = SlotRegistration { () throws(VMError) in try Self.registerSlots(kvm, memory) }
@@ -73,12 +81,6 @@ public final class VM: @unchecked Sendable {
             pendingSlots = nil
             if !config.deferMemorySlots { try Self.registerSlots(kvm, memory) }
         }
-        do {
-            try kvm.setTSSAddress(Self.tssAddress)
-            try kvm.setIdentityMapAddress(Self.identityMapAddress)
-            try kvm.createIRQChip()
-            try kvm.createPIT2()
-        } catch { throw .kvm(error) }
         cpus = try Self.createCPUs(kvm, hv, config)
         irqchip = InterruptControllers(kvm: kvm)
         pit = ProgrammableIntervalTimer(kvm: kvm)
