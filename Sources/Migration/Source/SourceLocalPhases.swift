@@ -43,31 +43,14 @@ final class SourceLocalStop: MigrationStep {
         try s.cancellation.check()
         s.report.pausedAtWallNs = Clock.wallNanos()
         s.report.pausedAtMonotonic = Clock.monotonic()
-        guard s.vm.freeze() else { throw MigrationError.machine("the guest stopped during the hand-over") }
+        guard s.timedFreeze() else { throw MigrationError.machine("the guest stopped during the hand-over") }
         paused = true
         let stateStart = Clock.monotonic()
-        let state: StateNode
-        do { state = try s.vm.saveMachineState() } catch { throw MigrationError.machine("saving machine state: \(error)") }
-        let blob = try FDTCodec.encode(state)
-        let conn = try s.conn()
-        try conn.send(.state, bytes: blob)
-        Faults.hit(.afterState, .source, conn)
-        s.report.stateBytes = blob.count
-        _ = try conn.expect(Ready.self)
-        Faults.hit(.afterReady, .source, conn)
+        let sentAt = try s.sendState(stateStart: stateStart)
+        _ = try s.awaitReady(sentAt: sentAt)
         s.report.stateMs = (Clock.monotonic() - stateStart) * 1000
-        try hold(s)
+        try s.holdBeforeCommit()
         try s.cancellation.check()
-    }
-
-    /// Test hook: stay paused before committing, cancellable.
-    private func hold(_ s: SourceSession) throws {
-        guard s.options.holdBeforeCommitMs > 0 else { return }
-        let until = Clock.monotonic() + s.options.holdBeforeCommitMs / 1000
-        while Clock.monotonic() < until {
-            try s.cancellation.check()
-            usleep(10_000)
-        }
     }
 
     func rollback(_ s: SourceSession) {

@@ -180,33 +180,13 @@ final class SourceStopAndCopy: MigrationStep {
         try s.finishRound(dirty: finalDirty, dirtyRate: 0)
         let stateStart = Clock.monotonic()
         s.report.downtimeParts.finalPagesMs = (stateStart - s.roundStart) * 1000
-        let state: StateNode
-        do { state = try s.vm.saveMachineState() } catch { throw MigrationError.machine("saving machine state: \(error)") }
-        let blob = try FDTCodec.encode(state)
-        let conn = try s.conn()
-        let sentAt = Clock.monotonic()
-        s.report.downtimeParts.stateSaveMs = (sentAt - stateStart) * 1000
-        try conn.send(.state, bytes: blob)
-        Faults.hit(.afterState, .source, conn)
-        s.report.stateBytes = blob.count
+        let sentAt = try s.sendState(stateStart: stateStart)
         let ourHashes = try s.diskHashesAtPause()
-        let ready = try conn.expect(Ready.self)
-        s.recordStateTransfer(sentAt: sentAt, ready: ready)
+        let ready = try s.awaitReady(sentAt: sentAt)
         try s.verifyDisks(ours: ourHashes, theirs: ready.diskHashes)
-        Faults.hit(.afterReady, .source, conn)
         s.report.stateMs = (Clock.monotonic() - stateStart) * 1000
-        try hold(s)
+        try s.holdBeforeCommit()
         try s.cancellation.check()
-    }
-
-    /// Test hook: stay paused before committing, cancellable.
-    private func hold(_ s: SourceSession) throws {
-        guard s.options.holdBeforeCommitMs > 0 else { return }
-        let until = Clock.monotonic() + s.options.holdBeforeCommitMs / 1000
-        while Clock.monotonic() < until {
-            try s.cancellation.check()
-            usleep(10_000)
-        }
     }
 
     func rollback(_ s: SourceSession) {

@@ -1,3 +1,4 @@
+import Glibc
 import Machine
 
 /// The source's side of the downtime: each part timed, the fixed costs probed during pre-copy,
@@ -63,6 +64,40 @@ extension SourceSession {
         if let ms = ready.stateLoadMs, ms.isFinite, ms >= 0 { load = min(ms, exchange) }
         report.downtimeParts.stateLoadMs = load
         report.downtimeParts.stateTransferMs = exchange - load
+    }
+
+    /// Saves the paused guest's machine state and sends it (the state save timed into the
+    /// downtime's parts); returns when it was sent, for `awaitReady`.
+    func sendState(stateStart: Double) throws -> Double {
+        let state: StateNode
+        do { state = try vm.saveMachineState() } catch { throw MigrationError.machine("saving machine state: \(error)") }
+        let blob = try FDTCodec.encode(state)
+        let conn = try conn()
+        let sentAt = Clock.monotonic()
+        report.downtimeParts.stateSaveMs = (sentAt - stateStart) * 1000
+        try conn.send(.state, bytes: blob)
+        Faults.hit(.afterState, .source, conn)
+        report.stateBytes = blob.count
+        return sentAt
+    }
+
+    /// The target's `ready` for the state sent at `sentAt` (its load and the exchange timed).
+    func awaitReady(sentAt: Double) throws -> Ready {
+        let conn = try conn()
+        let ready = try conn.expect(Ready.self)
+        recordStateTransfer(sentAt: sentAt, ready: ready)
+        Faults.hit(.afterReady, .source, conn)
+        return ready
+    }
+
+    /// Test hook: stay paused before committing, cancellable.
+    func holdBeforeCommit() throws {
+        guard options.holdBeforeCommitMs > 0 else { return }
+        let until = Clock.monotonic() + options.holdBeforeCommitMs / 1000
+        while Clock.monotonic() < until {
+            try cancellation.check()
+            usleep(10_000)
+        }
     }
 
     /// The `go` message: the commit, with what the target needs to judge the downtime.
