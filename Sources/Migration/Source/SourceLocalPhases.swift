@@ -26,9 +26,7 @@ final class SourceLocalOffer: MigrationStep {
                                   nics: d.nics.map { .init(interface: $0.interface) }, claim: s.claim != nil)
         try conn.send(offer, descriptors: d.all + (s.claim.map { [$0.fd] } ?? []))
         _ = try conn.expect(Accept.self)
-        Faults.hit(.afterPrecheck, .source, conn)
-        try s.cancellation.check()
-        s.report.setupMs = (Clock.monotonic() - s.started) * 1000
+        try s.finishPreCheck(conn)
     }
 }
 

@@ -38,9 +38,7 @@ final class SourcePreCheck: MigrationStep {
         }
         s.report.mirrorVolumes = s.mirrorSkips.map(\.volume)
         s.learnStateLoad(accept)
-        Faults.hit(.afterPrecheck, .source, conn)
-        try s.cancellation.check()
-        s.report.setupMs = (Clock.monotonic() - s.started) * 1000
+        try s.finishPreCheck(conn)
     }
 }
 
@@ -227,5 +225,15 @@ final class SourceHandOff: MigrationStep {
         s.finishDowntime()
         conn.close()
         s.vm.stop(.migrated)
+    }
+}
+
+extension SourceSession {
+    /// The end of a pre-check the target accepted: its fault point, a last look for a cancel,
+    /// and the set-up time.
+    func finishPreCheck(_ conn: Connection) throws {
+        Faults.hit(.afterPrecheck, .source, conn)
+        try cancellation.check()
+        report.setupMs = (Clock.monotonic() - started) * 1000
     }
 }

@@ -13,47 +13,46 @@ public final class DiskDirtyLog: Sendable {
     /// Bytes of the disk the log covers.
     public let bytes: UInt64
     public var blocks: Int { Int((bytes + Self.blockSize - 1) / Self.blockSize) }
-    private let bitmap = Mutex<[UInt64]?>(nil)
+    private let bitmap = Mutex<BlockBitmap?>(nil)
+    /// Read without the lock on every guest write: a disk no migration copies pays one load.
+    private let logging = Atomic<Bool>(false)
 
     public init(bytes: UInt64) { self.bytes = bytes }
 
     /// Starts logging with every block clean.
     public func start() {
-        let words = (blocks + 63) / 64
-        bitmap.withLock { $0 = [UInt64](repeating: 0, count: words) }
+        let blocks = blocks
+        bitmap.withLock { $0 = BlockBitmap(blocks: blocks) }
+        logging.store(true, ordering: .releasing)
     }
 
-    public func stop() { bitmap.withLock { $0 = nil } }
+    public func stop() {
+        logging.store(false, ordering: .releasing)
+        bitmap.withLock { $0 = nil }
+    }
 
-    public var isLogging: Bool { bitmap.withLock { $0 != nil } }
+    public var isLogging: Bool { logging.load(ordering: .acquiring) }
 
     /// Marks the blocks `[offset, offset+length)` touches. Called after the write reached the
     /// file, so a block collected before it completed is collected again.
     public func mark(offset: UInt64, length: UInt64) {
-        guard length > 0, offset < bytes else { return }
-        let first = Int(offset / Self.blockSize)
-        let last = Int((min(offset + length, bytes) - 1) / Self.blockSize)
-        bitmap.withLock { b in
-            guard b != nil else { return }
-            for i in first...last { b?[i / 64] |= 1 << UInt64(i % 64) }
-        }
+        guard logging.load(ordering: .acquiring), offset < bytes else { return }
+        let length = min(length, bytes - offset)
+        bitmap.withLock { $0?.mark(offset: offset, length: length, blockSize: Self.blockSize) }
     }
 
     /// The blocks written since the last call (indices, ascending), and the log cleared.
     public func collect() -> [Int] {
-        let words = bitmap.withLock { b -> [UInt64] in
-            guard let w = b else { return [] }
-            b = [UInt64](repeating: 0, count: w.count)
-            return w
-        }
+        guard let taken = bitmap.withLock({ b -> BlockBitmap? in
+            defer { b?.clearAll() }
+            return b
+        }) else { return [] }
         var out: [Int] = []
-        for (i, w) in words.enumerated() where w != 0 {
-            var x = w
-            while x != 0 {
-                let bit = x.trailingZeroBitCount
-                out.append(i * 64 + bit)
-                x &= x - 1
-            }
+        out.reserveCapacity(taken.count)
+        var next = taken.first(from: 0)
+        while let b = next {
+            out.append(b)
+            next = taken.first(from: b + 1)
         }
         return out
     }

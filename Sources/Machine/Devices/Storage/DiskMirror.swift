@@ -31,7 +31,8 @@ public final class DiskMirror: @unchecked Sendable {
         public var identityRecorded: Bool
     }
 
-    public static let blockSize: UInt64 = 64 << 10
+    /// The dirty log's block: one granularity for a disk, whether a migration or its mirror tracks it.
+    public static let blockSize = DiskDirtyLog.blockSize
     public let volume: String
     public let path: String
     /// Size of the disk (and of the mirror).
