@@ -64,4 +64,29 @@ struct DryRunTests {
         #expect(s.status == 0, "\(s.stderr)\n\(dst.transcript)")
         #expect(dst.waitFor("PASS passes=20000", timeout: 120), "\(dst.transcript)")
     }
+
+    @Test("a --copy-storage dry run to a target whose copy file does not exist yet: eligible, no file created at or beside it; without --copy-storage not eligible; then the real copy succeeds")
+    func copyStorageDryRun() throws {
+        let rig = try MigrationRig()
+        let image = rig.path("disk.img"), copy = rig.path("copy.img")
+        try sparseImage(image, bytes: 4 << 20)
+        #expect(sh("head -c 1048576 /dev/urandom | dd of='\(image)' bs=1M seek=1 conv=notrunc status=none").status == 0)
+        let (src, api) = try rig.source("memtouch.elf", cmdline: Self.guest, extra: ["--disk", "vol=data,path=\(image)"])
+        #expect(src.waitFor("HEARTBEAT", timeout: 30), "\(src.transcript)")
+        let listen = "unix:" + rig.path("mig.sock")
+        let (dst, _) = try rig.target(listen: listen, extra: ["--disk", "vol=data,path=\(copy),copy"])
+        let besideCopy = { ((try? FileManager.default.contentsOfDirectory(atPath: rig.path(""))) ?? []).filter { $0.hasPrefix("copy.img") } }
+        let d = try rig.send(api, to: listen, extra: ["--dry-run", "--copy-storage"])
+        #expect(d.status == 0 && d.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "eligible", "\(d.stdout)\n\(d.stderr)\n\(dst.transcript)")
+        #expect(besideCopy().isEmpty, "the dry run left \(besideCopy())")
+        let n = try rig.send(api, to: listen, extra: ["--dry-run"])
+        #expect(n.status == 2 && n.stdout.contains("volume 'data' is marked copy here but the source does not copy it"), "\(n.stdout)\n\(n.stderr)")
+        #expect(besideCopy().isEmpty, "the dry run left \(besideCopy())")
+        #expect(src.printsAgain(), "the guest stopped on the source")
+        #expect(dst.isRunning && !dst.stdout.contains("HEARTBEAT"))
+        let s = try rig.send(api, to: listen, extra: ["--copy-storage"])
+        #expect(s.status == 0, "\(s.stderr)\n\(dst.transcript)")
+        #expect(dst.waitFor("PASS passes=20000", timeout: 120), "\(dst.transcript)")
+        #expect(sh("cmp '\(image)' '\(copy)'").status == 0, "the copy differs from the source image")
+    }
 }

@@ -167,7 +167,17 @@ final class TargetPreCheck: MigrationStep {
     static func dryRun(_ desc: MachineDescription, _ s: TargetSession) throws {
         var reasons = reasons(desc, s.options)
         if reasons.isEmpty && !desc.handover {
-            do { try s.options.machine.build(desc).tearDown(.internalError("dry run")) } catch { reasons.append("\(error)") }
+            // A copied volume's file does not exist yet: what writing it needs is checked, and
+            // the machine is built on an in-memory stand-in.
+            var machine = s.options.machine
+            let present = Set(MirrorCheck.present(desc.mirrors, disks: machine.disks))
+            let (copies, problems) = DiskCopyRehearsal.run(desc.storage, disks: machine.disks, present: present)
+            reasons += problems
+            machine.disks = copies.apply(to: machine.disks)
+            if reasons.isEmpty {
+                do { try machine.build(desc).tearDown(.internalError("dry run")) } catch { reasons.append("\(error)") }
+            }
+            withExtendedLifetime(copies) {}
         }
         let verdict = DryRunVerdict(eligible: reasons.isEmpty, reasons: reasons)
         try s.conn().send(verdict)
