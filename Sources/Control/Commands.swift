@@ -16,7 +16,8 @@ public enum ControlCommand: Sendable {
     case quit
     case queryCPUsFast
     /// Start migrating to `uri`; returns at once (progress: `query-migrate`, MIGRATION events).
-    case migrate(Endpoint)
+    /// `copyStorage`: QEMU's `blk`, this migration copies the disks whatever the parameters say.
+    case migrate(Endpoint, copyStorage: Bool)
     case migrateCancel
     case queryMigrate
     case migrateSetParameters(MigrationParameters.Change)
@@ -39,7 +40,7 @@ public enum ControlCommand: Sendable {
         ("qmp_capabilities", ["enable"]),
         ("query-status", []), ("query-version", []), ("query-commands", []),
         ("stop", []), ("cont", []), ("quit", []), ("query-cpus-fast", []),
-        ("migrate", ["uri", "detach", "resume"]), ("migrate_cancel", []), ("query-migrate", []),
+        ("migrate", ["uri", "detach", "resume", "blk", "inc"]), ("migrate_cancel", []), ("query-migrate", []),
         ("migrate-set-parameters", MigrationParameters.names), ("query-migrate-parameters", []),
         ("x-swiftvmm-query-status", []), ("x-swiftvmm-dump-state", ["path"]), ("x-swiftvmm-migrate-dry-run", ["uri"]),
         ("x-swiftvmm-save", ["path", "leave-running", "live"]), ("x-swiftvmm-mirror-resync", ["volume"]),
@@ -62,7 +63,7 @@ public enum ControlCommand: Sendable {
         case "cont": self = .cont
         case "quit": self = .quit
         case "query-cpus-fast": self = .queryCPUsFast
-        case "migrate": self = .migrate(try Self.migrateURI(a))
+        case "migrate": self = .migrate(try Self.migrateURI(a), copyStorage: try Self.blockMigration(a))
         case "migrate_cancel": self = .migrateCancel
         case "query-migrate": self = .queryMigrate
         case "migrate-set-parameters": self = .migrateSetParameters(try MigrationParameters.Change(a))
@@ -97,6 +98,17 @@ public enum ControlCommand: Sendable {
         _ = try Arguments.bool(a, "detach")
         if try Arguments.bool(a, "resume") == true { throw .generic("swiftvmm has no postcopy to resume") }
         do { return try Endpoint.parse(uri) } catch { throw .generic("Invalid uri '\(uri)': \(error)") }
+    }
+
+    /// `migrate`'s `blk` (QEMU's block migration): true copies the disks in the stream, as the
+    /// `x-swiftvmm-copy-storage` parameter does. `inc` (copy only what differs from a shared
+    /// base image) must be false.
+    static func blockMigration(_ a: [String: Any]) throws(QMPError) -> Bool {
+        let blk = try Arguments.bool(a, "blk") ?? false
+        if try Arguments.bool(a, "inc") == true {
+            throw .generic("incremental block migration (inc) is not supported: swiftvmm's disks are raw images with no shared base image, so blk copies each image whole")
+        }
+        return blk
     }
 }
 

@@ -18,7 +18,7 @@ extension MachineController {
         var clientGone = false
     }
 
-    func migrate(to endpoint: Endpoint, client: Int) -> Result<Any, QMPError> {
+    func migrate(to endpoint: Endpoint, copyStorage: Bool = false, client: Int) -> Result<Any, QMPError> {
         guard let vm else {
             return .failure(.generic(target != nil ? "the guest is still arriving here (inmigrate)" : "no guest is running"))
         }
@@ -29,7 +29,9 @@ extension MachineController {
             return .failure(.generic(inDoubt ? "the last migration's outcome is in doubt: resume the guest here (cont) or stop it (quit) first"
                                              : "There's a migration process in progress"))
         }
-        let s = MigrationSource(vm: vm, options: parameters.sendOptions(to: endpoint))
+        var options = parameters.sendOptions(to: endpoint)
+        if copyStorage { options.copyStorage = true }
+        let s = MigrationSource(vm: vm, options: options)
         sourceRef = s
         outgoing = Outgoing(running: true, status: nil, report: nil, client: client, clientGone: false)
         lock.unlock()

@@ -94,7 +94,7 @@ public final class MachineController: @unchecked Sendable {
         case .cont: return cont()
         case .quit: return quit()
         case .queryCPUsFast: return .success(cpus())
-        case .migrate(let endpoint): return migrate(to: endpoint, client: client)
+        case .migrate(let endpoint, let copyStorage): return migrate(to: endpoint, copyStorage: copyStorage, client: client)
         case .migrateCancel: return cancelMigration()
         case .queryMigrate: return .success(migrationInfo())
         case .migrateSetParameters(let change):

@@ -66,10 +66,25 @@ struct QMPProtocolTests {
         #expect(desc("stop", ["x": 1]) == "GenericError: Parameter 'x' is unexpected")
         #expect(desc("migrate", [:]) == "GenericError: Parameter 'uri' is missing")
         #expect(desc("migrate", ["uri": "unix:/tmp/m.sock"]) == nil)
+        #expect(desc("migrate", ["uri": "unix:/tmp/m.sock", "blk": true, "inc": false]) == nil)
+        #expect(desc("migrate", ["uri": "unix:/tmp/m.sock", "blk": 1])?.contains("expected: boolean") == true)
+        #expect(desc("migrate", ["uri": "unix:/tmp/m.sock", "blk": true, "inc": true])?
+            .hasPrefix("GenericError: incremental block migration (inc) is not supported") == true)
         #expect(desc("migrate-set-parameters", ["max-bandwidth": true])?.contains("max-bandwidth") == true)
         #expect(desc("migrate-set-parameters", ["x-swiftvmm-auto-converge": 1])?.contains("expected: boolean") == true)
         #expect(desc("migrate-set-parameters", ["downtime-limit": 0])?.contains("downtime-limit") == true)
         #expect(desc("migrate-set-parameters", ["downtime-limit": 0.5, "x-swiftvmm-compress": "none"]) == nil)
+    }
+
+    @Test("migrate's blk copies the disks for that migration, as x-swiftvmm-copy-storage does; without it the parameter decides")
+    func blockMigrationFlag() throws {
+        func copies(_ args: [String: Any]) throws -> Bool? {
+            guard case .migrate(_, let copyStorage) = try ControlCommand(name: "migrate", arguments: args) else { return nil }
+            return copyStorage
+        }
+        #expect(try copies(["uri": "unix:/tmp/m.sock", "blk": true]) == true)
+        #expect(try copies(["uri": "unix:/tmp/m.sock", "blk": false]) == false)
+        #expect(try copies(["uri": "unix:/tmp/m.sock"]) == false)
     }
 
     @Test("parameters become the migration's options; an empty key unseals")

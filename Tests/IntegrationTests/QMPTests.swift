@@ -111,4 +111,33 @@ struct QMPTests {
         #expect(dst.wait(timeout: 30) == 0, "the target exits after quit: \(dst.transcript)")
         #expect(dst.stdout.contains("HEARTBEAT"), "the guest ran on the target")
     }
+
+    @Test("QMP migrate with QEMU's blk copies the disk to a target without shared storage (the copy is the source's image); inc is refused in one line and nothing moves")
+    func migrateWithBlockFlagCopiesTheDisk() throws {
+        let rig = try MigrationRig()
+        let image = rig.path("disk.img"), copy = rig.path("copy.img")
+        try sparseImage(image, bytes: 4 << 20)
+        #expect(sh("head -c 1048576 /dev/urandom | dd of='\(image)' bs=1M seek=2 conv=notrunc status=none").status == 0)
+        let (src, api) = try rig.source("memtouch.elf", cmdline: "size=8M heartbeat-ms=100 passes=0", memory: "64M",
+                                        extra: ["--disk", "vol=data,path=\(image)"])
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = "unix:" + rig.path("mig.sock")
+        let (dst, _) = try rig.target(listen: listen, extra: ["--disk", "vol=data,path=\(copy),copy"])
+        defer { for p in [src, dst] where p.isRunning { p.kill() } }
+        let c = try JSONLinesClient.qmp(path: api, child: src)
+        do {
+            try c.execute("migrate", ["uri": .string(listen), "blk": .bool(true), "inc": .bool(true)])
+            Issue.record("migrate with inc was accepted")
+        } catch {
+            #expect("\(error)".hasPrefix("migrate: incremental block migration (inc) is not supported"), "\(error)")
+        }
+        #expect(try c.execute("query-migrate") == .object([:]), "a refused migrate started nothing")
+        try c.execute("migrate", ["uri": .string(listen), "blk": .bool(true)])
+        let end = try c.waitForEvent("MIGRATION", timeout: 120) { ["completed", "failed", "cancelled"].contains($0["data"]?["status"]?.string ?? "") }
+        let info = (try? c.execute("query-migrate"))?.compact ?? ""
+        #expect(end["data"]?["status"]?.string == "completed", "\(info)\n\(dst.transcript)")
+        #expect(dst.waitFor("HEARTBEAT", timeout: 30), "\(dst.transcript)")
+        #expect(sh("cmp '\(image)' '\(copy)'").status == 0, "the target's copy differs from the source image")
+        #expect(!src.stdout.contains("FAIL") && !dst.stdout.contains("FAIL"))
+    }
 }
