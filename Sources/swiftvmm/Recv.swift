@@ -80,7 +80,9 @@ struct Recv: ParsableCommand {
             guard let held = target.heldMachine else { throw fail("incoming migration failed: \(why)") }
             note("migration outcome unknown: \(why)")
             controller.vm = held
-            throw ExitCode(runUntilStopped(held, controller: controller, alreadyStarted: true))
+            let status = runUntilStopped(held, controller: controller, alreadyStarted: true)
+            target.keptDiskCopies.forEach(note)
+            throw ExitCode(status)
         } catch {
             throw fail("incoming migration failed: \(error)")
         }

@@ -98,6 +98,35 @@ struct StorageMigrationFailureTests {
         #expect(src.waitFor("PASS seq=\(Self.writes)", timeout: 120), "\(src.transcript)")
     }
 
+    @Test("a target in doubt after a disk-copying hand-off (the source died before `go`) that is told to quit keeps its complete copy beside the volume's path and names it in one line; the path itself is untouched")
+    func inDoubtTargetQuitKeepsItsCopy() throws {
+        let rig = try MigrationRig()
+        let image = rig.path("source.img"), copy = rig.path("target.img")
+        try sparseImage(image, bytes: 8 << 20)
+        let (src, api) = try rig.source("blktest.elf", cmdline: "loop blocks=\(Self.blocks) count=\(Self.writes) flush-every=8",
+                                        memory: "64M", extra: ["--disk", "vol=data,path=\(image)"],
+                                        environment: ["SWIFTVMM_FAULT": "source:after-ready:crash"])
+        defer { src.signal(SIGKILL); _ = src.wait(timeout: 10) }
+        #expect(src.waitFor("SEQ 20\n", timeout: 60), "\(src.transcript)")
+        let listen = "unix:" + rig.path("m.sock")
+        let (dst, dstAPI) = try rig.target(listen: listen, extra: ["--disk", "vol=data,path=\(copy),copy"])
+        defer { dst.signal(SIGKILL); _ = dst.wait(timeout: 10) }
+        let s = try rig.send(api, to: listen, extra: ["--copy-storage"])
+        #expect(s.status != 0, "send succeeded: \(s.stdout)")
+        #expect(src.wait(timeout: 30) != nil, "the source did not die at after-ready")
+        try #require(dst.waitForStderr("migration outcome unknown", timeout: 60), "\(dst.transcript)")
+        #expect(runSwiftVMMStatus(["quit", dstAPI]) == 0)
+        #expect(dst.wait(timeout: 30) != nil, "recv did not exit after quit: \(dst.transcript)")
+        let dir = (copy as NSString).deletingLastPathComponent
+        let staged = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix("target.img.swiftvmm-incoming-") }
+        try #require(staged.count == 1, "staged copies: \(staged)")
+        let file = dir + "/" + staged[0]
+        #expect(!FileManager.default.fileExists(atPath: copy), "the in-doubt target published its copy at \(copy)")
+        #expect(sh("cmp '\(image)' '\(file)'").status == 0, "the kept copy is not the source's image at its pause")
+        let lines = dst.stderr.split(separator: "\n").filter { $0.contains("kept the copy of volume 'data' at \(file)") }
+        #expect(lines.count == 1, "no one-line note naming \(file): \(dst.stderr)")
+    }
+
     static func waitForPhase(_ rig: MigrationRig, _ api: String, _ phase: String) -> Bool {
         for _ in 0..<300 {
             let s = (try? rig.status(api)) ?? [:]

@@ -207,6 +207,10 @@ final class DiskCopyTarget {
         }
     }
 
+    /// Where each volume's complete copy lies when the guest never ran here after `ready`
+    /// (its staged name, or the volume's path where it was written in place).
+    var completeCopies: [(volume: String, file: String)] { disks.map { ($0.name, $0.staged ?? $0.path) } }
+
     /// The migration failed before the guest ran here: the files this target created or
     /// staged go; an unnamed copy vanishes with its last descriptor.
     func discard() {

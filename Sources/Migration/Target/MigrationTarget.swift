@@ -89,6 +89,17 @@ public final class MigrationTarget: @unchecked Sendable {
     /// must never resume.
     public var guestTakenBySource: Bool { session.map { $0.inDoubt && $0.claim?.takenBySource == true } ?? false }
 
+    /// After an in-doubt hand-off whose paused copy never ran here (the operator quit it): one
+    /// line per disk copy, which stays. It is the volume's image as of the source's pause,
+    /// complete, and this side cannot know whether the source runs the guest — if it does
+    /// not, that file is the disk to keep; so the operator removes it, never this target.
+    public var keptDiskCopies: [String] {
+        guard let s = session, s.inDoubt, !s.resumed, s.holdsCompleteCopy, let copy = s.diskCopy else { return [] }
+        return copy.completeCopies.map {
+            "kept the copy of volume '\($0.volume)' at \($0.file): the disk as of the source's pause, complete; the hand-off was in doubt and the guest never ran here — remove it once the guest runs on the source"
+        }
+    }
+
     /// After an in-doubt hand-off: the paused machine that holds the guest.
     public var heldMachine: VM? { session.flatMap { $0.inDoubt ? $0.vm : nil } }
 
