@@ -46,6 +46,29 @@ struct LocalHandoverTests {
         #expect(all.dropLast().allSatisfy { !$0.stdout.contains("PASS") }, "the guest finished before the last hop")
     }
 
+    @Test("a disk with a mirror is not handed over: the dry run and the hand-over each say why in one line naming the volume, and the guest runs on at the source with its mirror")
+    func mirroredDiskIsRefused() throws {
+        let rig = try MigrationRig()
+        let image = rig.path("disk.img"), mirror = rig.path("mirror.img")
+        try Data(count: 1 << 20).write(to: URL(fileURLWithPath: image))
+        let (src, api) = try rig.source("memtouch.elf", cmdline: "size=8M heartbeat-ms=100 passes=0", memory: "64M",
+                                        extra: Self.memfd + ["--disk", "vol=data,path=\(image),mirror=\(mirror)"])
+        defer { if src.isRunning { src.kill() } }
+        #expect(src.waitFor("HEARTBEAT", timeout: 30))
+        let listen = "unix:" + rig.path("h.sock")
+        let (dst, _) = try rig.target(listen: listen)
+        defer { if dst.isRunning { dst.kill() } }
+        let why = "volume 'data' has a mirror, which a local hand-over does not carry"
+        let d = try rig.send(api, to: listen, extra: ["--local", "--dry-run"])
+        #expect(d.status == 2 && d.stdout.contains(why), "\(d.stdout)\n\(d.stderr)")
+        let s = try rig.send(api, to: listen, extra: ["--local"])
+        #expect(s.status == 2, "\(s.stdout)\n\(s.stderr)")
+        #expect(s.stderr.split(separator: "\n").contains { $0.contains(why) }, "\(s.stderr)")
+        #expect(src.printsAgain(), "the guest stopped on the source")
+        let mirrors = try rig.status(api)
+        #expect("\(mirrors)".contains("in-sync") || "\(mirrors)".contains("resyncing"), "the source lost its mirror: \(mirrors)")
+    }
+
     @Test("a guest with a disk and a single-queue TAP is handed over: writes continue in sequence, pings are answered, recv needs no --disk or --net")
     func diskAndSingleQueueTAPMove() throws {
         let rig = try MigrationRig()

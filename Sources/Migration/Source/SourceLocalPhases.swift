@@ -11,6 +11,11 @@ final class SourceLocalOffer: MigrationStep {
         guard case .unix = s.options.endpoint else {
             throw MigrationError.usage("--local needs a unix:PATH target: descriptors pass only over a UNIX socket on this host")
         }
+        // A mirror does not travel (see TargetHandover.reasons); refused here too, whatever
+        // the target's version.
+        if let m = s.vm.devices.disks.first(where: { $0.mirror != nil }) {
+            throw MigrationError.usage("volume '\(m.volume)' has a mirror, which a local hand-over does not carry: migrate it without --local")
+        }
         let conn = try s.conn()
         var description = MachineDescription.of(s.vm, uuid: s.uuid)
         description.handover = true

@@ -10,6 +10,11 @@ enum TargetHandover {
         if !desc.sharedMemory {
             out.append("a local hand-over needs guest memory another process can map, and this guest's is private: start it with `swiftvmm run --memory-backend memfd`")
         }
+        // The mirror's descriptor and its state (generation, dirty map) do not travel: the
+        // guest would go on with the primary alone.
+        for m in desc.mirrors {
+            out.append("volume '\(m.volume)' has a mirror, which a local hand-over does not carry: migrate it without --local (recv --disk vol=\(m.volume),path=P,mirror=Q)")
+        }
         if options.replay != nil {
             out.append("a local hand-over cannot be replayed from a captured stream")
         } else if case .tcp = options.endpoint {
