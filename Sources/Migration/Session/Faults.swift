@@ -14,6 +14,9 @@ public enum FaultPoint: String, CaseIterable, Sendable {
     case midRound0 = "mid-round-0"
     /// After the first page batch of a later round.
     case midRoundN = "mid-round-n"
+    /// `--connections N`: after the first page batch on each extra data connection (`close`
+    /// cuts only that connection).
+    case channelMidRound = "channel-mid-round"
     /// Source: the state is sent; target: the state is loaded, `ready` not yet sent.
     case afterState = "after-state"
     /// Source: `ready` received, `go` not yet sent; target: `ready` sent.

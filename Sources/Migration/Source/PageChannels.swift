@@ -136,19 +136,32 @@ final class PageChannels: @unchecked Sendable {
 
     private func work(_ lane: Lane) {
         var seen = 0
+        var faulted = lane.index == 0
         while let job = nextJob(after: &seen) {
             do {
                 while let (r, w) = take(job) {
                     try lane.encoder.send(region: job.regions[r], window: w, bitmap: job.bitmaps?[r],
                                           resident: job.resident?[r] ?? nil)
+                    if !faulted { faulted = true; Faults.hit(.channelMidRound, .source, lane.connection) }
                 }
                 if lane.index > 0 { try lane.connection.send(ChannelSync(round: job.round)) }
                 finished(nil)
             } catch {
-                finished(error)
+                finished(lane.index == 0 ? error : Self.naming(error, lane: lane.index, of: lanes.count))
             }
         }
         cond.lock(); exited += 1; cond.broadcast(); cond.unlock()
+    }
+
+    /// An extra connection's failure, saying which connection it was.
+    static func naming(_ error: Error, lane: Int, of count: Int) -> Error {
+        let on = "data connection \(lane) of \(count - 1)"
+        switch error as? MigrationError {
+        case .connection(let s)?: return MigrationError.connection("\(on): \(s)")
+        case .stalled(let s)?: return MigrationError.stalled("\(on): \(s)")
+        case .stream(let s)?: return MigrationError.stream("\(on): \(s)")
+        default: return error
+        }
     }
 
     private func nextJob(after seen: inout Int) -> Job? {

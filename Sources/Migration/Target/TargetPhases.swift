@@ -147,6 +147,9 @@ final class TargetPreCheck: MigrationStep {
             }
         } catch { out.append("\(error)") }
         if let tsc = tscProblem(desc, options) { out.append(tsc) }
+        if options.replay != nil && desc.channels > 1 && !desc.handover {
+            out.append("the stream was sent over \(desc.channels) connections and only its first was captured: capture one sent with --connections 1")
+        }
         if desc.handover { return out + TargetHandover.reasons(desc, options) }
         return out + options.machine.deviceProblems(desc)
             + DiskCopyTarget.problems(desc.storage, disks: options.machine.disks, command: options.machine.command,
