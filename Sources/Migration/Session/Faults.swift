@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// Test-only fault injection: `SWIFTVMM_FAULT=SIDE:POINT:ACTION` (several comma-separated)
 /// makes this process crash, stall or close its connection at a named point of a migration, so
@@ -52,6 +53,16 @@ enum Faults {
             default: return nil
             }
         }
+    }
+
+    private static let fired = Mutex<Set<String>>([])
+
+    /// Acts the first time this process reaches the point (threads that each reach it, such
+    /// as the data connections of `--connections N`, fault once between them).
+    static func hitOnce(_ point: FaultPoint, _ side: Auth.Role, _ connection: Connection?) {
+        guard rules.contains(where: { $0.side == side && $0.point == point }),
+              fired.withLock({ $0.insert(point.rawValue).inserted }) else { return }
+        hit(point, side, connection)
     }
 
     /// Acts when a rule names this side and point.

@@ -136,13 +136,12 @@ final class PageChannels: @unchecked Sendable {
 
     private func work(_ lane: Lane) {
         var seen = 0
-        var faulted = lane.index == 0
         while let job = nextJob(after: &seen) {
             do {
                 while let (r, w) = take(job) {
                     try lane.encoder.send(region: job.regions[r], window: w, bitmap: job.bitmaps?[r],
                                           resident: job.resident?[r] ?? nil)
-                    if !faulted { faulted = true; Faults.hit(.channelMidRound, .source, lane.connection) }
+                    if lane.index > 0 { Faults.hitOnce(.channelMidRound, .source, lane.connection) }
                 }
                 if lane.index > 0 { try lane.connection.send(ChannelSync(round: job.round)) }
                 finished(nil)

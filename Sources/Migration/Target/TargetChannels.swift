@@ -68,7 +68,6 @@ final class ChannelReceivers: @unchecked Sendable {
     private func read(_ conn: Connection, slot: Int, memory: GuestMemory, populator: Populator, main: Connection) {
         let decoder = PageDecoder(memory: memory)
         defer { cond.lock(); exited += 1; cond.broadcast(); cond.unlock() }
-        var faulted = false
         do {
             while true {
                 let section = try conn.receive()
@@ -77,7 +76,7 @@ final class ChannelReceivers: @unchecked Sendable {
                     let before = decoder.counters
                     try decoder.apply(section.payload)
                     populator.follow(section.payload)
-                    if !faulted { faulted = true; Faults.hit(.channelMidRound, .target, conn) }
+                    Faults.hitOnce(.channelMidRound, .target, conn)
                     let after = decoder.counters
                     wire.add(after.wireBytes - before.wireBytes, ordering: .relaxed)
                     pages.add(after.dataPages + after.zeroPages - before.dataPages - before.zeroPages, ordering: .relaxed)
