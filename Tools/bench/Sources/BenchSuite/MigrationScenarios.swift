@@ -42,18 +42,22 @@ protocol MigrationScenario: Scenario {
     var compress: String { get }
     /// With a pre-shared key: swiftvmm's sealed stream, QEMU's TLS with a PSK.
     var sealed: Bool { get }
+    /// The transport and the number of connections.
+    var link: MigrationLink { get }
 }
 
 extension MigrationScenario {
     var compress: String { "lz4" }
     var sealed: Bool { false }
+    var link: MigrationLink { .unix }
     func timeLimit(_ env: BenchEnvironment) -> Int { env.quick ? 30 : 60 }
 
     func run(_ env: BenchEnvironment, side: Side, index: Int) throws -> JSONObject {
         let g = try guest(env)
         switch side {
-        case .swiftvmm: return try migrateSwiftVMM(env, tag: name, guest: g, timeLimit: timeLimit(env), compress: compress, sealed: sealed)
-        case .qemu: return try migrateQEMU(env, tag: name, guest: g, timeLimit: timeLimit(env), sealed: sealed)
+        case .swiftvmm:
+            return try migrateSwiftVMM(env, tag: name, guest: g, timeLimit: timeLimit(env), compress: compress, sealed: sealed, link: link)
+        case .qemu: return try migrateQEMU(env, tag: name, guest: g, timeLimit: timeLimit(env), sealed: sealed, link: link)
         }
     }
 }
@@ -72,7 +76,7 @@ func carriesOn(_ dst: Child) -> (ok: Bool, why: String?) {
 }
 
 func migrateSwiftVMM(_ env: BenchEnvironment, tag: String, guest g: MigrationGuest, timeLimit: Int, compress: String,
-                     sealed: Bool = false) throws -> JSONObject {
+                     sealed: Bool = false, link: MigrationLink = .unix) throws -> JSONObject {
     let d = try env.runDirectory("swift-\(tag)")
     var keyArgs: [String] = []
     if sealed {
@@ -82,16 +86,16 @@ func migrateSwiftVMM(_ env: BenchEnvironment, tag: String, guest g: MigrationGue
     }
     let rig = try MigrationRig(swiftvmm: env.swiftvmm, directory: d)
     rig.namePrefix = "swiftvmm-"
-    let mig = d.appendingPathComponent("mig.sock").path, rep = d.appendingPathComponent("report.json").path
+    let mig = link.address(in: d), rep = d.appendingPathComponent("report.json").path
     var children: [Child] = []
     defer { for c in children.reversed() { c.kill() } }
     let (src, api) = try bench { try rig.source(g.image, cmdline: g.cmdline, memory: g.memory, cpus: 1, name: "bench-src") }
     children.append(src)
     _ = try bench { try src.waitForLine("^HEARTBEAT", timeout: 120) }
-    let (dst, _) = try bench { try rig.target(listen: "unix:\(mig)", extra: keyArgs) }
+    let (dst, _) = try bench { try rig.target(listen: mig, extra: keyArgs) }
     children.append(dst)
-    let send = try bench { try rig.startSend(api, to: "unix:\(mig)", extra: ["--report", rep, "--downtime-ms", "50",
-                                                                             "--max-time", "\(timeLimit)", "--compress", compress] + keyArgs) }
+    let send = try bench { try rig.startSend(api, to: mig, extra: ["--report", rep, "--downtime-ms", "50", "--max-time", "\(timeLimit)",
+                                                                   "--compress", compress] + link.sendArguments + keyArgs) }
     children.append(send)
     let (term, t1) = try bench { try send.waitForExit(timeout: Double(timeLimit + 60)) }
     let wall = (t1 - send.startTime) * 1000
@@ -152,7 +156,7 @@ struct MigrateRandom: MigrationScenario {
     func memory(_ env: BenchEnvironment) -> String { env.quick ? "256M" : "1G" }
 
     func params(_ env: BenchEnvironment) -> JSONObject {
-        ["memory": .string(memory(env)), "downtime_target_ms": .int(50), "transport": .string("unix"),
+        ["memory": .string(memory(env)), "downtime_target_ms": .int(50), "transport": .string("unix"), "connections": .int(1),
          "image": .string("memtouch.elf"), "cmdline": .string(cmdline), "method": .string("memtouch fill=random")]
     }
 
