@@ -3,7 +3,8 @@ import Migration
 
 /// What every later `migrate` uses, set with `migrate-set-parameters` and shown by
 /// `query-migrate-parameters`: QEMU's `downtime-limit` (ms; swiftvmm also takes a fraction) and `max-bandwidth` (bytes/s,
-/// 0 = unlimited), and swiftvmm's own under `x-swiftvmm-`.
+/// 0 = unlimited) and `multifd-channels` (connections the pages travel on; 0 = automatic: 1 on
+/// a UNIX socket, 4 over TCP), and swiftvmm's own under `x-swiftvmm-`.
 public struct MigrationParameters: Sendable {
     public var downtimeLimitMs: Double = 50
     public var maxBandwidth: UInt64 = 0
@@ -24,6 +25,8 @@ public struct MigrationParameters: Sendable {
     public var verifyStorage = false
     /// Local hand-over: descriptors instead of pages (`send --local`).
     public var local = false
+    /// Connections the pages travel on (0: automatic).
+    public var channels = 0
 
     public init() {}
 
@@ -32,7 +35,7 @@ public struct MigrationParameters: Sendable {
         "downtime-limit", "max-bandwidth", "x-swiftvmm-max-time", "x-swiftvmm-timeout", "x-swiftvmm-auto-converge",
         "x-swiftvmm-compress", "x-swiftvmm-key", "x-swiftvmm-stream-version", "x-swiftvmm-hold-before-commit-ms",
         "x-swiftvmm-copy-storage", "x-swiftvmm-verify-storage",
-        "x-swiftvmm-local",
+        "x-swiftvmm-local", "multifd-channels",
     ]
 
     /// `query-migrate-parameters`: every parameter but the key, which shows as `x-swiftvmm-sealed`.
@@ -41,7 +44,8 @@ public struct MigrationParameters: Sendable {
          "x-swiftvmm-timeout": timeout, "x-swiftvmm-auto-converge": autoConverge, "x-swiftvmm-compress": compression.rawValue,
          "x-swiftvmm-sealed": key != nil, "x-swiftvmm-stream-version": Int(streamVersion),
          "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs,
-         "x-swiftvmm-copy-storage": copyStorage, "x-swiftvmm-verify-storage": verifyStorage, "x-swiftvmm-local": local]
+         "x-swiftvmm-copy-storage": copyStorage, "x-swiftvmm-verify-storage": verifyStorage, "x-swiftvmm-local": local,
+         "multifd-channels": channels]
     }
 
     /// The options of a migration to `endpoint` under these parameters.
@@ -59,6 +63,7 @@ public struct MigrationParameters: Sendable {
         o.copyStorage = copyStorage
         o.verifyStorage = verifyStorage
         o.local = local
+        o.connections = channels > 0 ? channels : nil
         return o
     }
 
@@ -76,6 +81,7 @@ public struct MigrationParameters: Sendable {
         if let v = change.copyStorage { copyStorage = v }
         if let v = change.verifyStorage { verifyStorage = v }
         if let v = change.local { local = v }
+        if let v = change.channels { channels = v }
     }
 
     /// The arguments of one `migrate-set-parameters`, checked; nil for what it leaves alone.
@@ -93,6 +99,7 @@ public struct MigrationParameters: Sendable {
         public var copyStorage: Bool?
         public var verifyStorage: Bool?
         public var local: Bool?
+        public var channels: Int?
 
         public init(_ a: [String: Any]) throws(QMPError) {
             downtimeLimitMs = try Self.number(a, "downtime-limit", "milliseconds")
@@ -118,6 +125,12 @@ public struct MigrationParameters: Sendable {
             copyStorage = try Arguments.bool(a, "x-swiftvmm-copy-storage")
             verifyStorage = try Arguments.bool(a, "x-swiftvmm-verify-storage")
             local = try Arguments.bool(a, "x-swiftvmm-local")
+            if let n = try Arguments.unsigned(a, "multifd-channels") {
+                guard n <= UInt64(MachineDescription.maxChannels) else {
+                    throw .generic("Parameter 'multifd-channels' must be 0 (automatic) to \(MachineDescription.maxChannels)")
+                }
+                channels = Int(n)
+            }
         }
 
         private static func number(_ a: [String: Any], _ key: String, _ unit: String) throws(QMPError) -> Double? {

@@ -34,6 +34,8 @@ enum Progress {
         var s = String(format: "migrated: total %.1f ms, downtime %.2f ms, setup %.1f ms, %d rounds, %.1f MB on the wire (compression %.1fx), %d pages sent, %d zero pages",
                        num(r["total_ms"]), num(r["downtime_ms"]), num(r["setup_ms"]), rounds, mb, num(r["compression_ratio"]),
                        Int(num(r["pages_sent"])), Int(num(r["zero_pages"])))
+        let c = Int(num(r["connections"]))
+        if c > 1 { s += ", over \(c) connections" }
         let t = Int(num(r["max_throttle_percent"]))
         if t > 0 { s += ", throttled up to \(t)%" }
         if num(r["disk_bytes"]) > 0 {

@@ -57,6 +57,9 @@ struct Send: ParsableCommand {
     @Flag(help: "Local hand-over to a recv on this host (--to unix:PATH; the guest must run with --memory-backend memfd): guest RAM, disk and TAP descriptors pass over the socket instead of copied pages, and only vCPU and device state cross — a pause of milliseconds whatever the memory size. How a swiftvmm binary is replaced under a running guest.")
     var local = false
 
+    @Option(help: ArgumentHelp("Connections the guest's pages travel on, 1–\(MachineDescription.maxChannels) (default: 1 on a UNIX socket, 4 over TCP). Each has a thread of its own that scans, compresses and sends its share of every round (QEMU's multifd channels); the last pages and the machine state follow on the first, after every page of the rounds before.", valueName: "N"))
+    var connections: Int?
+
     @Option(help: .hidden)
     var streamVersion: Int?
 
@@ -111,9 +114,13 @@ struct Send: ParsableCommand {
                                    "x-swiftvmm-stream-version": streamVersion ?? Int(Wire.streamVersion),
                                    "x-swiftvmm-hold-before-commit-ms": holdBeforeCommitMs ?? 0,
                                    "x-swiftvmm-copy-storage": copyStorage, "x-swiftvmm-verify-storage": verifyStorage,
-                                   "x-swiftvmm-local": local]
+                                   "x-swiftvmm-local": local, "multifd-channels": connections ?? 0]
         if verifyStorage && !copyStorage { throw fail("--verify-storage needs --copy-storage") }
         if local && copyStorage { throw fail("--local hands the disks over as they are: it does not combine with --copy-storage") }
+        if let n = connections, n < 1 || n > MachineDescription.maxChannels {
+            throw fail("--connections must be 1 to \(MachineDescription.maxChannels)")
+        }
+        if local && (connections ?? 1) > 1 { throw fail("--local moves no pages: it does not combine with --connections") }
         if let b = maxBandwidth {
             guard let rate = ByteSize.parse(b), rate > 0 else { throw fail("--max-bandwidth '\(b)' is not a rate like 100M") }
             args["max-bandwidth"] = rate

@@ -97,4 +97,19 @@ struct QMPProtocolTests {
         p.apply(try MigrationParameters.Change(["x-swiftvmm-key": "", "max-bandwidth": 0]))
         #expect(p.key == nil && p.sendOptions(to: .unix(path: "/tmp/m.sock")).maxBandwidth == nil)
     }
+
+    @Test("multifd-channels: 0 is automatic (1 on a UNIX socket, 4 over TCP), 1…16 is taken as given, more is refused")
+    func multifdChannels() throws {
+        var p = MigrationParameters()
+        #expect(p.sendOptions(to: .unix(path: "/tmp/m.sock")).connectionCount == 1)
+        #expect(p.sendOptions(to: .tcp(host: "10.0.0.2", port: 4444)).connectionCount == 4)
+        p.apply(try MigrationParameters.Change(["multifd-channels": 3]))
+        #expect(p.json["multifd-channels"] as? Int == 3)
+        #expect(p.sendOptions(to: .unix(path: "/tmp/m.sock")).connectionCount == 3)
+        var local = p.sendOptions(to: .unix(path: "/tmp/m.sock"))
+        local.local = true
+        #expect(local.connectionCount == 1, "a hand-over moves no pages")
+        #expect(throws: QMPError.self) { try MigrationParameters.Change(["multifd-channels": 17]) }
+        #expect(throws: QMPError.self) { try MigrationParameters.Change(["multifd-channels": -1]) }
+    }
 }

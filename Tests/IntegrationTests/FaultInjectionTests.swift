@@ -38,17 +38,31 @@ struct FaultInjectionTests {
     @Test("a stall or a dropped connection", arguments: stallsAndCloses)
     func stallOrClose(_ c: Case) throws { try exercise(c) }
 
-    /// With `local`, the guest's RAM is in memfds and `send --local` hands it over.
-    func exercise(_ c: Case, local: Bool = false) throws {
+    /// Pages over four TCP connections (`send --connections 4`): a fault on an extra data
+    /// connection, or on the first while the others carry pages.
+    static let overConnections = [
+        Case(side: "target", point: "channel-mid-round", action: "crash"), Case(side: "source", point: "channel-mid-round", action: "crash"),
+        Case(side: "target", point: "channel-mid-round", action: "stall"), Case(side: "source", point: "channel-mid-round", action: "stall"),
+        Case(side: "target", point: "channel-mid-round", action: "close"), Case(side: "target", point: "mid-round-0", action: "close"),
+        Case(side: "target", point: "after-state", action: "crash"),
+    ]
+
+    @Test("a crash, stall or close over four TCP connections", arguments: overConnections)
+    func overFourConnections(_ c: Case) throws { try exercise(c, connections: 4) }
+
+    /// With `local`, the guest's RAM is in memfds and `send --local` hands it over; with
+    /// `connections` above 1 the pages travel over that many TCP connections on loopback.
+    func exercise(_ c: Case, local: Bool = false, connections: Int = 1) throws {
         let rig = try MigrationRig()
         let fault = ["SWIFTVMM_FAULT": "\(c.side):\(c.point):\(c.action)"]
         let (src, api) = try rig.source("memtouch.elf", cmdline: Self.guest, memory: "32M",
                                         extra: local ? ["--memory-backend", "memfd"] : [],
                                         environment: c.side == "source" ? fault : [:])
         #expect(src.waitFor("HEARTBEAT", timeout: 30))
-        let listen = "unix:" + rig.path("m.sock")
+        let listen = connections > 1 ? "tcp:127.0.0.1:\(MigrationRig.freePort())" : "unix:" + rig.path("m.sock")
         let (dst, tapi) = try rig.target(listen: listen, extra: ["--timeout", "2"], environment: c.side == "target" ? fault : [:])
-        let sender = try rig.startSend(api, to: listen, extra: ["--timeout", "2", "--downtime-ms", "0.2", "--max-time", "20"] + (local ? ["--local"] : []))
+        let sender = try rig.startSend(api, to: listen, extra: ["--timeout", "2", "--downtime-ms", "0.2", "--max-time", "20",
+                                                                "--connections", "\(connections)"] + (local ? ["--local"] : []))
         defer { for p in [src, dst, sender] where p.isRunning { p.signal(SIGCONT); p.kill() } }
 
         // Settle: the faulting process is dead, stopped, or on its error path; the other has
@@ -86,7 +100,7 @@ struct FaultInjectionTests {
             #expect(reply.contains("return"), "cont on the \(h.name)")
         } else {
             // Only the source process's own death before the target held the guest loses it.
-            #expect(c.side == "source" && c.action == "crash" && Self.sourcePoints.prefix(5).contains(c.point),
+            #expect(c.side == "source" && c.action == "crash" && (Self.sourcePoints.prefix(5) + ["channel-mid-round"]).contains(c.point),
                     "no copy of the guest is left: \(states)\n\(send.stderr)\n\(src.transcript)\n\(dst.transcript)")
             #expect(!dst.stdout.contains("HEARTBEAT"), "the target ran a half-received guest")
             return

@@ -37,6 +37,10 @@ public struct MachineDescription: Sendable, Equatable {
     public var handover = false
     /// Guest RAM is in shared files another process can map (`run --memory-backend memfd`).
     public var sharedMemory = false
+    /// Connections the pages travel on (`send --connections N`); above 1 it is required of the
+    /// target, so that one that cannot take extra data connections refuses at once.
+    public var channels = 1
+    public static let maxChannels = 16
 
     public init(name: String, uuid: String, vmmVersion: String, memorySize: UInt64, cpus: Int,
                 cpuid: [CPUIDEntry], devices: [Device], tscKHz: UInt32, cpuModel: String = "host") {
@@ -64,6 +68,7 @@ public struct MachineDescription: Sendable, Equatable {
         var root = StateNode(name: "")
         let required = Wire.requiredFeatures + (dryRun ? ["dry-run"] : [])
             + (storage.volumes.isEmpty ? [] : [StorageCopyPlan.feature]) + (handover ? ["local-handover"] : [])
+            + (channels > 1 ? ["channels-v1"] : [])
         root.set("required-features", bytes: Array(required.map { $0 + "\0" }.joined().utf8))
         root.set("name", string: name)
         root.set("uuid", string: uuid)
@@ -73,6 +78,7 @@ public struct MachineDescription: Sendable, Equatable {
         root.set("tsc-khz", tscKHz)
         root.set("cpu-model", string: cpuModel)
         if sharedMemory { root.set("shared-memory", true) }
+        if channels > 1 { root.set("channels", UInt32(channels)) }
         var flat: [UInt32] = []
         for e in cpuid { flat += [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] }
         root.set("cpuid", array: flat)
@@ -101,6 +107,13 @@ public struct MachineDescription: Sendable, Equatable {
             dryRun = required.contains("dry-run")
             handover = required.contains("local-handover")
             sharedMemory = (try? root.bool("shared-memory")) ?? false
+            if required.contains("channels-v1") {
+                let n: UInt32 = try root.integer("channels")
+                guard n >= 1 && n <= UInt32(Self.maxChannels) else {
+                    throw MigrationError.stream("the source asks for \(n) connections, outside 1…\(Self.maxChannels)")
+                }
+                channels = Int(n)
+            }
             name = try root.string("name")
             uuid = try root.string("uuid")
             vmmVersion = try root.string("vmm-version")

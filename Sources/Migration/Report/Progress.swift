@@ -140,6 +140,8 @@ public struct MigrationReport: Sendable {
     public var memoryBytes: UInt64 = 0
     public var compression = "lz4"
     public var endpoint = ""
+    /// Connections the pages travelled on (`send --connections`).
+    public var connections = 1
     public var maxThrottle = 0
     /// A dry run's verdict (nil for a real migration).
     public var dryRun: DryRunVerdict?
@@ -173,7 +175,7 @@ public struct MigrationReport: Sendable {
          "pages_sent": dataPages, "zero_pages": zeroPages,
          "compression": compression,
          "compression_ratio": wireBytes == 0 ? 1 : (Double(rawBytes) / Double(wireBytes)).rounded3,
-         "max_throttle_percent": maxThrottle, "endpoint": endpoint,
+         "max_throttle_percent": maxThrottle, "endpoint": endpoint, "connections": connections,
          "rounds": rounds.map(\.json), "downtime_parts_ms": downtimeParts.json, "downtime_target_ms": downtimeTargetMs]
             .merging(diskJSON) { a, _ in a }.merging(mirrorJSON) { a, _ in a }
             .merging(dryRun.map { ["eligible": $0.eligible, "reasons": $0.reasons] } ?? [:]) { a, _ in a }

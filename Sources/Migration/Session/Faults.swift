@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// Test-only fault injection: `SWIFTVMM_FAULT=SIDE:POINT:ACTION` (several comma-separated)
 /// makes this process crash, stall or close its connection at a named point of a migration, so
@@ -14,6 +15,9 @@ public enum FaultPoint: String, CaseIterable, Sendable {
     case midRound0 = "mid-round-0"
     /// After the first page batch of a later round.
     case midRoundN = "mid-round-n"
+    /// `--connections N`: after the first page batch on each extra data connection (`close`
+    /// cuts only that connection).
+    case channelMidRound = "channel-mid-round"
     /// Source: the state is sent; target: the state is loaded, `ready` not yet sent.
     case afterState = "after-state"
     /// Source: `ready` received, `go` not yet sent; target: `ready` sent.
@@ -49,6 +53,16 @@ enum Faults {
             default: return nil
             }
         }
+    }
+
+    private static let fired = Mutex<Set<String>>([])
+
+    /// Acts the first time this process reaches the point (threads that each reach it, such
+    /// as the data connections of `--connections N`, fault once between them).
+    static func hitOnce(_ point: FaultPoint, _ side: Auth.Role, _ connection: Connection?) {
+        guard rules.contains(where: { $0.side == side && $0.point == point }),
+              fired.withLock({ $0.insert(point.rawValue).inserted }) else { return }
+        hit(point, side, connection)
     }
 
     /// Acts when a rule names this side and point.

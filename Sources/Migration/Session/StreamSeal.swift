@@ -22,14 +22,18 @@ public struct StreamKeys {
     @_spi(Fuzzing) public let open: SecretKey
 
     /// The keys of `role`'s side of the connection whose nonces are `sourceNonce` and `targetNonce`.
-    public static func derive(key: [UInt8], sourceNonce: [UInt8], targetNonce: [UInt8], role: Auth.Role) -> StreamKeys {
+    /// Extra data connection `channel` (1…N−1, `--connections N`) of the same migration has keys
+    /// of its own: info `swiftvmm stream v2 channel <i> source->target` and the reverse.
+    public static func derive(key: [UInt8], sourceNonce: [UInt8], targetNonce: [UInt8], role: Auth.Role,
+                              channel: Int = 0) -> StreamKeys {
         func derive(_ info: String) -> SecretKey {
             // An empty key (libcrypto refused) makes `GCM` refuse to start: nothing is sealed with it.
             SecretKey(KeyDerivation.hkdfSHA256(key: key, salt: sourceNonce + targetNonce,
                                                info: Array(info.utf8), count: 32) ?? [])
         }
-        let toTarget = derive("swiftvmm stream v2 source->target")
-        let toSource = derive("swiftvmm stream v2 target->source")
+        let stream = channel == 0 ? "swiftvmm stream v2" : "swiftvmm stream v2 channel \(channel)"
+        let toTarget = derive("\(stream) source->target")
+        let toSource = derive("\(stream) target->source")
         return role == .source ? StreamKeys(seal: toTarget, open: toSource) : StreamKeys(seal: toSource, open: toTarget)
     }
 }

@@ -1,3 +1,4 @@
+import Synchronization
 import Glibc
 
 /// When to stop pre-copy, and how hard to throttle the guest to get there.
@@ -90,20 +91,27 @@ struct ConvergencePolicy {
 }
 
 /// Keeps the pre-copy stream at or under a byte rate.
-final class RateLimiter {
-    private var rate: Double?
-    private var start = Clock.monotonic()
-    private var bytes = 0.0
+final class RateLimiter: Sendable {
+    private struct State {
+        var rate: Double?
+        var start = Clock.monotonic()
+        var bytes = 0.0
+    }
+    private let state: Mutex<State>
 
-    init(bytesPerSecond: Double?) { rate = bytesPerSecond }
+    init(bytesPerSecond: Double?) { state = Mutex(State(rate: bytesPerSecond)) }
 
-    func reset() { start = Clock.monotonic(); bytes = 0 }
-    func disable() { rate = nil }
+    func reset() { state.withLock { $0.start = Clock.monotonic(); $0.bytes = 0 } }
+    func disable() { state.withLock { $0.rate = nil } }
 
+    /// Accounts `n` bytes sent and sleeps until the rate allows them (from any thread: the
+    /// data connections of `send --connections N` share one budget).
     func consume(_ n: Int) {
-        guard let r = rate, r > 0 else { return }
-        bytes += Double(n)
-        let wait = start + bytes / r - Clock.monotonic()
+        let wait = state.withLock { s -> Double in
+            guard let r = s.rate, r > 0 else { return 0 }
+            s.bytes += Double(n)
+            return s.start + s.bytes / r - Clock.monotonic()
+        }
         if wait > 0 { usleep(UInt32(min(wait, 5) * 1e6)) }
     }
 }

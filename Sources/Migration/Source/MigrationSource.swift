@@ -30,8 +30,20 @@ public struct SendOptions: Sendable {
     /// Local hand-over: pass guest RAM (memfds), disks and TAP queues as descriptors over the
     /// UNIX socket instead of copying pages; only vCPU and device state cross.
     public var local = false
+    /// Connections the pages travel on (nil: 1 on a UNIX socket, 4 over TCP).
+    public var connections: Int?
 
     public init(endpoint: Endpoint) { self.endpoint = endpoint }
+
+    /// Connections the pages of this migration travel on: `connections`, else 1 on a UNIX
+    /// socket (one sender already outruns the receiver on one host) and 4 over TCP (a
+    /// cross-host link rarely fills from one stream); always 1 for a hand-over or a dry run.
+    public var connectionCount: Int {
+        if local || dryRun { return 1 }
+        if let connections { return connections }
+        if case .tcp = endpoint { return 4 }
+        return 1
+    }
 }
 
 /// The sending side of a live migration. `run()` blocks until the guest runs on the target
@@ -120,6 +132,7 @@ public final class MigrationSource: @unchecked Sendable {
                 try? conn.send(CancelNotice(desc: cancelled ? "migration cancelled on the source" : "source aborted: \(error)"))
             }
             runner.rollBack()
+            session.stopChannels(error)
             session.connection?.close()
             let phase: MigrationPhase = session.inDoubt ? .inDoubt : (cancelled ? .cancelled : .failed)
             progress.update { $0.phase = phase; $0.error = "\(error)"; $0.throttlePercent = 0 }
@@ -148,6 +161,12 @@ final class SourceSession: @unchecked Sendable {
     var policy: ConvergencePolicy
     let limiter: RateLimiter
     var encoder: PageEncoder?
+    /// The sending lanes of `--connections N` (N > 1).
+    var channels: PageChannels?
+    /// The last round's pages went over every connection (else only over the first).
+    var roundSpread = false
+    /// What the handshake established (the nonces extra connections derive their keys from).
+    var handshake: Handshake.Result?
     /// The disks travelling in the stream (`--copy-storage`).
     var diskCopy: DiskCopySource?
     /// Volumes the target takes through their in-sync mirror, in the generation it confirmed.
@@ -182,11 +201,11 @@ final class SourceSession: @unchecked Sendable {
     func finishRound(dirty: Int, dirtyRate: Double) throws {
         let c = try conn()
         let endSent = Clock.monotonic()
-        try c.send(RoundEnd(round: round))
+        try c.send(RoundEnd(round: round, firstOnly: channels != nil && !roundSpread ? true : nil))
         _ = try c.expect(RoundAck.self)
         learnRoundTrip((Clock.monotonic() - endSent) * 1000)
         guard let encoder else { return }
-        let counters = encoder.counters
+        let counters = pageCounters(encoder)
         let secs = max(Clock.monotonic() - roundStart, 1e-6)
         var stats = RoundStats(round: round, dirtyPages: dirty, dataPages: counters.dataPages, zeroPages: counters.zeroPages,
                                wireBytes: counters.wireBytes, rawBytes: counters.rawBytes, durationMs: secs * 1000,
@@ -198,6 +217,7 @@ final class SourceSession: @unchecked Sendable {
         try c.send(RoundProgress(round: round, dirtyPagesPerS: dirtyRate.rounded(), bandwidthMBps: (stats.bandwidthBytesPerSecond / 1e6).rounded3,
                                  throttlePercent: stats.throttlePercent), optional: true)
         encoder.resetCounters()
+        channels?.resetCounters()
     }
 }
 

@@ -15,7 +15,7 @@ final class SourceConnect: MigrationStep {
         try s.cancellation.check()
         let hello = Hello(streamVersion: s.options.streamVersion, vmmVersion: SwiftVMMVersion.string,
                           name: s.vm.config.name, uuid: s.uuid, nonce: "", hasKey: false)
-        _ = try Handshake.initiate(conn, hello: hello, key: s.options.key)
+        s.handshake = try Handshake.initiate(conn, hello: hello, key: s.options.key)
         Faults.hit(.afterHello, .source, conn)
     }
 }
@@ -27,6 +27,7 @@ final class SourcePreCheck: MigrationStep {
     func run(_ s: SourceSession) throws {
         let conn = try s.conn()
         var description = MachineDescription.of(s.vm, uuid: s.uuid)
+        description.channels = s.options.connectionCount
         if s.options.copyStorage { description.storage = try DiskCopySource.plan(s.vm, verify: s.options.verifyStorage) }
         description.mirrors = s.vm.devices.disks.compactMap { $0.mirror.map { MirrorClaim($0.status) } }
         try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
@@ -38,6 +39,7 @@ final class SourcePreCheck: MigrationStep {
         }
         s.report.mirrorVolumes = s.mirrorSkips.map(\.volume)
         s.learnStateLoad(accept)
+        try s.openChannels(accept, count: description.channels)
         try s.finishPreCheck(conn)
     }
 }
@@ -56,14 +58,30 @@ final class SourcePreCopy: MigrationStep {
         lastCollect = Clock.monotonic()
         let conn = try s.conn()
         try s.startDiskCopy()
-        let encoder = PageEncoder(memory: s.vm.memory, connection: conn, compression: s.options.compression)
-        s.encoder = encoder
+        s.encoder = PageEncoder(memory: s.vm.memory, connection: conn, compression: s.options.compression)
+        // Round 0: every page the host ever backed; untouched pages are zero on both sides.
+        s.roundStart = Clock.monotonic()
+        s.limiter.reset()
+        try s.sendPages(bitmaps: nil, resident: s.vm.memory.regions.map { $0.residentPages() }, dirty: 0,
+                        betweenBatches: betweenBatches(s, conn))
+        try s.sendDiskBulkRest()
+        try s.finishRound(dirty: 0, dirtyRate: 0)
+        s.progress.update { $0.memoryCovered = $0.memoryBytes; $0.round = 1 }
+        s.pending = s.vm.memory.regions.map { [UInt64](repeating: 0, count: $0.bitmapWords) }
+        s.round = 1
+        while try nextRound(s) {}
+    }
+
+    /// What runs after each batch (or, while several connections send, every few ms): the
+    /// fault points, round 0's disk runs, a look for the target's error or a cancel, progress.
+    private func betweenBatches(_ s: SourceSession, _ conn: Connection) -> (Int) throws -> Void {
         var totalWire: UInt64 = 0
         var faultedRounds = Set<Bool>()
-        encoder.afterBatch = { [s] wire in
+        return { [s] wire in
             totalWire += UInt64(wire)
-            if faultedRounds.insert(s.round > 0).inserted { Faults.hit(s.round > 0 ? .midRoundN : .midRound0, .source, conn) }
-            s.limiter.consume(wire)
+            if wire > 0 && faultedRounds.insert(s.round > 0).inserted {
+                Faults.hit(s.round > 0 ? .midRoundN : .midRound0, .source, conn)
+            }
             if s.round == 0 { try s.sendDiskBulkRun() }
             if conn.hasIncoming() {
                 // Mid-round the target only speaks to report an error or a cancel.
@@ -74,21 +92,12 @@ final class SourcePreCopy: MigrationStep {
             try s.cancellation.check()
             s.progress.update {
                 $0.wireBytes = totalWire
-                if $0.round == 0 { $0.memoryCovered = min($0.memoryBytes, $0.memoryCovered + UInt64(PageBatch.windowPages * PageBatch.pageSize)) }
+                // Several connections: `sendPages` counts the windows done instead.
+                if $0.round == 0 && wire > 0 && s.channels == nil {
+                    $0.memoryCovered = min($0.memoryBytes, $0.memoryCovered + UInt64(PageBatch.windowPages * PageBatch.pageSize))
+                }
             }
         }
-        // Round 0: every page the host ever backed; untouched pages are zero on both sides.
-        s.roundStart = Clock.monotonic()
-        s.limiter.reset()
-        for region in s.vm.memory.regions {
-            try encoder.send(region: region, bitmap: nil, resident: region.residentPages())
-        }
-        try s.sendDiskBulkRest()
-        try s.finishRound(dirty: 0, dirtyRate: 0)
-        s.progress.update { $0.memoryCovered = $0.memoryBytes; $0.round = 1 }
-        s.pending = s.vm.memory.regions.map { [UInt64](repeating: 0, count: $0.bitmapWords) }
-        s.round = 1
-        while try nextRound(s) {}
     }
 
     /// Collects the dirty set and sends it as a round; false once it is time to stop and copy.
@@ -122,10 +131,7 @@ final class SourcePreCopy: MigrationStep {
             s.progress.update { $0.throttlePercent = t }
         }
         s.roundStart = Clock.monotonic()
-        guard let encoder = s.encoder else { return false }
-        for (i, region) in s.vm.memory.regions.enumerated() {
-            try encoder.send(region: region, bitmap: s.pending[i])
-        }
+        try s.sendPages(bitmaps: s.pending, resident: nil, dirty: dirty, betweenBatches: betweenBatches(s, try s.conn()))
         try s.sendDiskPending()
         try s.finishRound(dirty: dirty, dirtyRate: dirtyRate)
         s.round += 1
@@ -162,6 +168,7 @@ final class SourceStopAndCopy: MigrationStep {
         s.limiter.disable()
         guard let encoder = s.encoder else { throw MigrationError.machine("stop-and-copy without pre-copy") }
         encoder.memoryIsStable = true
+        s.channels?.setMemoryStable(true)
         s.roundStart = Clock.monotonic()
         var finalDirty = 0
         for (i, region) in s.vm.memory.regions.enumerated() {
@@ -170,12 +177,21 @@ final class SourceStopAndCopy: MigrationStep {
                 throw MigrationError.machine("cannot read the dirty log: \(error)")
             }
             for w in extra.indices { s.pending[i][w] |= extra[w]; finalDirty += s.pending[i][w].nonzeroBitCount }
-            try encoder.send(region: region, bitmap: s.pending[i])
+        }
+        let conn = try s.conn()
+        try s.sendPages(bitmaps: s.pending, resident: nil, dirty: finalDirty) { [s] _ in
+            if conn.hasIncoming() {
+                let section = try conn.receive()
+                try Connection.raiseIfAbort(section)
+                throw MigrationError.stream("unexpected \(section.type.name) from the target during the stop-and-copy")
+            }
+            try s.cancellation.check()
         }
         s.report.finalPages = finalDirty
         s.report.finalDiskBlocks = s.collectDiskBlocks()
         try s.sendDiskPending()
         try s.finishRound(dirty: finalDirty, dirtyRate: 0)
+        s.stopChannels()
         let stateStart = Clock.monotonic()
         s.report.downtimeParts.finalPagesMs = (stateStart - s.roundStart) * 1000
         let sentAt = try s.sendState(stateStart: stateStart)

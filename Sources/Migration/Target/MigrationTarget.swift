@@ -175,6 +175,11 @@ final class TargetSession {
     var connection: Connection?
     var hello: Hello?
     var preambleVersion: UInt32 = 0
+    /// What the handshake established (the nonces extra connections derive their keys from).
+    var handshake: Handshake.Result?
+    /// `send --connections N`: the N − 1 extra data connections, and their reading threads.
+    var channelConnections: [Connection] = []
+    var channels: ChannelReceivers?
     var description: MachineDescription?
     var vm: VM?
     var slots: SlotRegistration?

@@ -49,11 +49,12 @@ final class Populator: @unchecked Sendable {
         let length = UInt64(window * PageBatch.pageSize)
         guard let (region, offset) = memory.locate(GuestAddress(gpa), length: length),
               let index = memory.regions.firstIndex(where: { $0 === region }) else { return }
+        // Called from every connection's reading thread (`send --connections N`).
+        cond.lock()
         let from = max(frontier[index], offset + length)
         let to = min(region.size, offset + length + UInt64(Self.aheadBytes))
-        guard from < to else { return }
+        guard from < to else { cond.unlock(); return }
         frontier[index] = to
-        cond.lock()
         if !unsupported && !stopped { queue.append((region.host + Int(from), Int(to - from))) }
         cond.signal()
         cond.unlock()

@@ -33,7 +33,7 @@ final class TargetAccept: MigrationStep {
             Transport.setTCPTimeouts(fd, seconds: s.options.timeout)
             guard let hello = s.hello else { c.close(); continue }
             do {
-                _ = try Handshake.respond(c, preambleVersion: s.preambleVersion, hello: hello, key: s.options.key)
+                s.handshake = try Handshake.respond(c, preambleVersion: s.preambleVersion, hello: hello, key: s.options.key)
             } catch {
                 FileHandle.standardError.write(Data("swiftvmm: refused a source (\(hello.name)): \(error); still waiting\n".utf8))
                 c.close()
@@ -80,7 +80,9 @@ final class TargetPreCheck: MigrationStep {
             throw MigrationError.stream("configuration section: \(error)")
         }
         if desc.dryRun { try Self.dryRun(desc, s) }
-        s.target.closeListener()
+        // More connections follow the `accept` (`send --connections N`): keep listening.
+        let channels = desc.handover ? 1 : desc.channels
+        if channels == 1 { s.target.closeListener() }
         var options = desc.handover ? try TargetHandover.receive(desc, s) : s.options
         try Self.check(desc, options)
         let present = MirrorCheck.present(desc.mirrors, disks: options.machine.disks)
@@ -109,7 +111,9 @@ final class TargetPreCheck: MigrationStep {
         vm.devices.quiesce()
         // A hand-over's state follows at once: the slots must exist before it comes.
         if desc.handover { try s.slots?.wait() }
-        try conn.send(Accept(name: vm.config.name, mirrorVolumes: present, stateLoadMs: loadMs))
+        let token = channels > 1 ? Auth.nonce() : nil
+        try conn.send(Accept(name: vm.config.name, mirrorVolumes: present, stateLoadMs: loadMs, channelToken: token?.hexString))
+        if let token { try s.acceptChannels(count: channels, token: token) }
         Faults.hit(.afterPrecheck, .target, conn)
         s.progress.update { $0.memoryBytes = desc.memorySize }
     }
@@ -143,6 +147,9 @@ final class TargetPreCheck: MigrationStep {
             }
         } catch { out.append("\(error)") }
         if let tsc = tscProblem(desc, options) { out.append(tsc) }
+        if options.replay != nil && desc.channels > 1 && !desc.handover {
+            out.append("the stream was sent over \(desc.channels) connections and only its first was captured: capture one sent with --connections 1")
+        }
         if desc.handover { return out + TargetHandover.reasons(desc, options) }
         return out + options.machine.deviceProblems(desc)
             + DiskCopyTarget.problems(desc.storage, disks: options.machine.disks, command: options.machine.command,
@@ -189,6 +196,7 @@ final class TargetPreCheck: MigrationStep {
 
     func rollback(_ s: TargetSession) {
         // Nothing ran here: tear the half-built machine down.
+        for c in s.channelConnections { c.close() }
         s.vm?.tearDown(.internalError("migration failed"))
         s.vm = nil
         s.diskCopy?.discard()
@@ -205,33 +213,32 @@ final class TargetReceive: MigrationStep {
         let decoder = PageDecoder(memory: vm.memory)
         let populator = Populator(memory: vm.memory)
         defer { populator.stop() }
+        let channels = s.channelConnections.isEmpty ? nil
+            : ChannelReceivers(connections: s.channelConnections, memory: vm.memory, populator: populator, main: conn)
+        s.channels = channels
+        defer { channels?.stop() }
         var round = 0
         var faulted = Set<Bool>()
         while true {
-            let section = try conn.receive()
+            let section: Section
+            do { section = try conn.receive() } catch {
+                // A data connection that failed stopped this one's reads: its reason is the one.
+                if let failure = channels?.failure { throw failure }
+                throw error
+            }
             switch section.type {
             case .pages:
                 try decoder.apply(section.payload)
                 if round == 0 { populator.follow(section.payload) }
                 if faulted.insert(round > 0).inserted { Faults.hit(round > 0 ? .midRoundN : .midRound0, .target, conn) }
                 let c = decoder.counters
+                let (wire, placed) = (channels?.wireBytes ?? 0, channels?.pagesPlaced ?? 0)
                 s.progress.update {
-                    $0.wireBytes = c.wireBytes
-                    if $0.round == 0 { $0.memoryCovered = UInt64(c.dataPages + c.zeroPages) * UInt64(PageBatch.pageSize) }
+                    $0.wireBytes = c.wireBytes + wire
+                    if $0.round == 0 { $0.memoryCovered = UInt64(c.dataPages + c.zeroPages + placed) * UInt64(PageBatch.pageSize) }
                 }
             case .roundEnd:
-                // Memory slots must exist before the stop-and-copy: wait for them here, in
-                // pre-copy, so the guest's downtime never does.
-                try s.slots?.wait()
-                try s.diskCopy?.sync()
-                let end = try section.message(RoundEnd.self)
-                round = end.round + 1
-                populator.stop()
-                try conn.send(RoundAck())
-                s.progress.update {
-                    $0.round = end.round + 1
-                    if end.round == 0 { $0.memoryCovered = $0.memoryBytes }
-                }
+                round = try endRound(try section.message(RoundEnd.self), s, conn, populator)
             case .diskBlocks:
                 try s.applyDiskRun(section.payload)
             case .progress:
@@ -254,6 +261,23 @@ final class TargetReceive: MigrationStep {
 }
 
 extension TargetReceive {
+    /// A round's end: once every page of it is in place, acknowledged. Returns the next round.
+    func endRound(_ end: RoundEnd, _ s: TargetSession, _ conn: Connection, _ populator: Populator) throws -> Int {
+        // Every data connection's share of the round is in place before it is acknowledged.
+        if end.firstOnly != true { try s.channels?.waitForRound(end.round, cancellation: s.cancellation) }
+        // Memory slots must exist before the stop-and-copy: wait for them here, in
+        // pre-copy, so the guest's downtime never does.
+        try s.slots?.wait()
+        try s.diskCopy?.sync()
+        populator.stop()
+        try conn.send(RoundAck())
+        s.progress.update {
+            $0.round = end.round + 1
+            if end.round == 0 { $0.memoryCovered = $0.memoryBytes }
+        }
+        return end.round + 1
+    }
+
     /// The machine state: decoded, loaded, the copied disks flushed, then `ready`.
     func loadState(_ section: Section, _ s: TargetSession, _ vm: VM, _ conn: Connection) throws {
         s.progress.update { $0.phase = .stopAndCopy }

@@ -6,6 +6,11 @@ import Glibc
 public final class Connection: ByteSource, @unchecked Sendable {
     public let fd: Int32
     private let closeLock = NSLock()
+    /// Sections are written whole, one thread at a time (`send --connections N` sends pages on
+    /// this connection from a lane thread while the migration thread sends disk runs).
+    private let sendLock = NSLock()
+    /// And read whole, one thread at a time (a failed send reads the peer's last word).
+    private let receiveLock = NSLock()
     private var closed = false
     /// Bytes written and read, for statistics.
     public private(set) var bytesWritten: UInt64 = 0
@@ -169,6 +174,7 @@ public final class Connection: ByteSource, @unchecked Sendable {
 
     /// Sends one section whose payload is the concatenation of `parts` (no copy).
     public func send(_ type: SectionType, parts: [UnsafeRawBufferPointer], optional: Bool = false) throws {
+        sendLock.lock(); defer { sendLock.unlock() }
         if let sealer { return try sendSealed(type, parts: parts, optional: optional, sealer) }
         let total = parts.reduce(0) { $0 + $1.count }
         let header = SectionFraming.header(type: type.rawValue, optional: optional, length: total)
@@ -218,7 +224,10 @@ public final class Connection: ByteSource, @unchecked Sendable {
     }
 
     /// Reads the next section the reader understands, skipping unknown optional ones.
-    public func receive() throws -> Section { try reader.read(opener: opener) }
+    public func receive() throws -> Section {
+        receiveLock.lock(); defer { receiveLock.unlock() }
+        return try reader.read(opener: opener)
+    }
 
     /// Receives a section and fails unless it is of `type` (an `error` section becomes `.peer`,
     /// a `cancel` section `.cancelled`).

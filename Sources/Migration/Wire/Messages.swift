@@ -43,6 +43,9 @@ public struct Accept: WireMessage {
     public var mirrorVolumes: [String]? = nil
     /// How long a dry load of machine state took the target (ms): a fixed cost of the downtime.
     public var stateLoadMs: Double?
+    /// With `--connections N` > 1: 16 random bytes (hex) each extra data connection presents
+    /// in its `channel` section; sealed when the stream is.
+    public var channelToken: String? = nil
 }
 
 /// R→S, after a dry run's `config`: whether the target could host the guest, and every reason
@@ -69,6 +72,9 @@ public struct CancelNotice: WireMessage {
 public struct RoundEnd: WireMessage {
     public static var section: SectionType { .roundEnd }
     public var round: Int
+    /// With several connections: every page of this round came on the first one (a small
+    /// round), so the target waits for no `channelSync`.
+    public var firstOnly: Bool? = nil
 }
 
 /// R→S: every page of the round is in guest memory.
@@ -112,6 +118,27 @@ public struct RoundProgress: WireMessage {
     public var throttlePercent: Int
 }
 
+/// S→R, first on an extra data connection (`--connections N`): which migration it belongs to
+/// (the token from `accept`) and its index, 1…N−1 (0 is the first connection).
+public struct ChannelHello: WireMessage {
+    public static var section: SectionType { .channel }
+    public var token: String
+    public var index: Int
+}
+
+/// R→S: the data connection is taken (with a key, sealed with the channel's own keys).
+public struct ChannelReady: WireMessage {
+    public static var section: SectionType { .channelReady }
+    public var index: Int
+}
+
+/// S→R on a data connection: every page batch of `round` this connection carries was sent
+/// before this; the target acknowledges the round only when every connection said so.
+public struct ChannelSync: WireMessage {
+    public static var section: SectionType { .channelSync }
+    public var round: Int
+}
+
 /// Encoding and decoding of `WireMessage`s.
 enum MessageCodec {
     /// Foundation's JSON machinery costs ~1 ms on first use, and each message type tens of µs
@@ -131,6 +158,9 @@ enum MessageCodec {
         roundTrip(Go(pausedAtNs: 0, downtimeTargetMs: 0, downtime: DowntimeBreakdown()))
         roundTrip(Running(resumedAtNs: 0))
         roundTrip(RoundProgress(round: 0, dirtyPagesPerS: 0, bandwidthMBps: 0, throttlePercent: 0))
+        roundTrip(ChannelHello(token: "", index: 0))
+        roundTrip(ChannelReady(index: 0))
+        roundTrip(ChannelSync(round: 0))
     }
 
     static func encode<M: WireMessage>(_ message: M) -> [UInt8] {

@@ -86,51 +86,58 @@ public final class PageEncoder {
     /// (round 0), only pages the host has ever backed are looked at; the rest are zero on both
     /// sides.
     public func send(region: MemoryRegion, bitmap: [UInt64]?, resident: [UInt8]? = nil) throws {
+        var window = 0
+        while window < region.pageCount {
+            try send(region: region, window: window, bitmap: bitmap, resident: resident)
+            window += PageBatch.windowPages
+        }
+    }
+
+    /// Sends the selected pages of one window: up to `windowPages` pages from page `window`
+    /// (a multiple of `windowPages`) of `region`. Windows are independent, so several encoders
+    /// on their own connections can share a round's windows (`send --connections N`).
+    public func send(region: MemoryRegion, window: Int, bitmap: [UInt64]?, resident: [UInt8]? = nil) throws {
         let pages = region.pageCount
         let firstPFN = region.start.raw / UInt64(PageBatch.pageSize)
-        var window = 0
-        while window < pages {
-            let count = min(PageBatch.windowPages, pages - window)
-            // Quick skip of an empty window.
-            if let bm = bitmap {
-                var any = false
-                var w = window / 64
-                while w < (window + count + 63) / 64 && w < bm.count { if bm[w] != 0 { any = true; break }; w += 1 }
-                if !any { window += count; continue }
+        guard window >= 0 && window < pages else { return }
+        let count = min(PageBatch.windowPages, pages - window)
+        // Quick skip of an empty window.
+        if let bm = bitmap {
+            var any = false
+            var w = window / 64
+            while w < (window + count + 63) / 64 && w < bm.count { if bm[w] != 0 { any = true; break }; w += 1 }
+            if !any { return }
+        }
+        for i in 0..<PageBatch.bitmapBytes { sentBits[i] = 0; zeroBits[i] = 0 }
+        var dataPages = 0
+        var inBatch = 0
+        if memoryIsStable && resident == nil && count == PageBatch.windowPages,
+           let bm = bitmap, (window / 64..<(window + count) / 64).allSatisfy({ bm[$0] == ~0 }),
+           !(0..<count).contains(where: { Self.isZero(region.host + (window + $0) * PageBatch.pageSize) }) {
+            // A full window of non-zero pages: no staging copy.
+            for i in 0..<PageBatch.bitmapBytes { sentBits[i] = 0xff }
+            try emit(firstPFN: firstPFN + UInt64(window), windowPages: count, dataPages: count,
+                     source: UnsafeRawPointer(region.host + window * PageBatch.pageSize))
+            return
+        }
+        for i in 0..<count {
+            let page = window + i
+            if let bm = bitmap, bm[page / 64] & (1 << UInt64(page % 64)) == 0 { continue }
+            if let res = resident, res[page] & 1 == 0 { continue }
+            let src = region.host + page * PageBatch.pageSize
+            sentBits[i / 8] |= 1 << UInt8(i % 8)
+            inBatch += 1
+            if Self.isZero(src) {
+                zeroBits[i / 8] |= 1 << UInt8(i % 8)
+                counters.zeroPages += 1
+            } else {
+                (staging + dataPages * PageBatch.pageSize).copyMemory(from: src, byteCount: PageBatch.pageSize)
+                dataPages += 1
             }
-            for i in 0..<PageBatch.bitmapBytes { sentBits[i] = 0; zeroBits[i] = 0 }
-            var dataPages = 0
-            var inBatch = 0
-            if memoryIsStable && resident == nil && count == PageBatch.windowPages,
-               let bm = bitmap, (window / 64..<(window + count) / 64).allSatisfy({ bm[$0] == ~0 }),
-               !(0..<count).contains(where: { Self.isZero(region.host + (window + $0) * PageBatch.pageSize) }) {
-                // A full window of non-zero pages: no staging copy.
-                for i in 0..<PageBatch.bitmapBytes { sentBits[i] = 0xff }
-                try emit(firstPFN: firstPFN + UInt64(window), windowPages: count, dataPages: count,
-                         source: UnsafeRawPointer(region.host + window * PageBatch.pageSize))
-                window += count
-                continue
-            }
-            for i in 0..<count {
-                let page = window + i
-                if let bm = bitmap, bm[page / 64] & (1 << UInt64(page % 64)) == 0 { continue }
-                if let res = resident, res[page] & 1 == 0 { continue }
-                let src = region.host + page * PageBatch.pageSize
-                sentBits[i / 8] |= 1 << UInt8(i % 8)
-                inBatch += 1
-                if Self.isZero(src) {
-                    zeroBits[i / 8] |= 1 << UInt8(i % 8)
-                    counters.zeroPages += 1
-                } else {
-                    (staging + dataPages * PageBatch.pageSize).copyMemory(from: src, byteCount: PageBatch.pageSize)
-                    dataPages += 1
-                }
-            }
-            if inBatch > 0 {
-                try emit(firstPFN: firstPFN + UInt64(window), windowPages: count, dataPages: dataPages,
-                         source: UnsafeRawPointer(staging))
-            }
-            window += count
+        }
+        if inBatch > 0 {
+            try emit(firstPFN: firstPFN + UInt64(window), windowPages: count, dataPages: dataPages,
+                     source: UnsafeRawPointer(staging))
         }
     }
 

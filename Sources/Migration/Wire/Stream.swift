@@ -30,7 +30,7 @@ public enum Wire {
     public static let streamVersion: UInt32 = 2
     public static let maxSectionLength = 64 << 20
     /// FDT feature names this reader understands (see `required-features`).
-    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2", "dry-run", "copy-storage-v1", "local-handover"]
+    public static let knownFeatures: Set<String> = ["pages-v1", "state-v2", "dry-run", "copy-storage-v1", "local-handover", "channels-v1"]
     /// What this writer requires of a reader.
     public static let requiredFeatures = ["pages-v1", "state-v2"]
 }
@@ -56,6 +56,9 @@ public enum SectionType: UInt16, Sendable, CaseIterable {
     case verdict = 17       // R→S: a dry run's result — eligible, or every reason not (JSON)
     case diskBlocks = 18    // S→R: a run of a copied disk image (`send --copy-storage`)
     case handover = 24      // S→R: local hand-over — what the descriptors passed with it are (JSON + SCM_RIGHTS)
+    case channel = 25       // S→R, first on an extra data connection: migration token and index (JSON)
+    case channelReady = 26  // R→S: the data connection is taken (JSON)
+    case channelSync = 27   // S→R on a data connection: all of a round's batches on it were sent (JSON)
 
     public var name: String { String(describing: self) }
 }

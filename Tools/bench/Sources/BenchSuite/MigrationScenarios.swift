@@ -42,18 +42,22 @@ protocol MigrationScenario: Scenario {
     var compress: String { get }
     /// With a pre-shared key: swiftvmm's sealed stream, QEMU's TLS with a PSK.
     var sealed: Bool { get }
+    /// The transport and the number of connections.
+    var link: MigrationLink { get }
 }
 
 extension MigrationScenario {
     var compress: String { "lz4" }
     var sealed: Bool { false }
+    var link: MigrationLink { .unix }
     func timeLimit(_ env: BenchEnvironment) -> Int { env.quick ? 30 : 60 }
 
     func run(_ env: BenchEnvironment, side: Side, index: Int) throws -> JSONObject {
         let g = try guest(env)
         switch side {
-        case .swiftvmm: return try migrateSwiftVMM(env, tag: name, guest: g, timeLimit: timeLimit(env), compress: compress, sealed: sealed)
-        case .qemu: return try migrateQEMU(env, tag: name, guest: g, timeLimit: timeLimit(env), sealed: sealed)
+        case .swiftvmm:
+            return try migrateSwiftVMM(env, tag: name, guest: g, timeLimit: timeLimit(env), compress: compress, sealed: sealed, link: link)
+        case .qemu: return try migrateQEMU(env, tag: name, guest: g, timeLimit: timeLimit(env), sealed: sealed, link: link)
         }
     }
 }
@@ -72,7 +76,7 @@ func carriesOn(_ dst: Child) -> (ok: Bool, why: String?) {
 }
 
 func migrateSwiftVMM(_ env: BenchEnvironment, tag: String, guest g: MigrationGuest, timeLimit: Int, compress: String,
-                     sealed: Bool = false) throws -> JSONObject {
+                     sealed: Bool = false, link: MigrationLink = .unix) throws -> JSONObject {
     let d = try env.runDirectory("swift-\(tag)")
     var keyArgs: [String] = []
     if sealed {
@@ -82,16 +86,16 @@ func migrateSwiftVMM(_ env: BenchEnvironment, tag: String, guest g: MigrationGue
     }
     let rig = try MigrationRig(swiftvmm: env.swiftvmm, directory: d)
     rig.namePrefix = "swiftvmm-"
-    let mig = d.appendingPathComponent("mig.sock").path, rep = d.appendingPathComponent("report.json").path
+    let mig = link.address(in: d), rep = d.appendingPathComponent("report.json").path
     var children: [Child] = []
     defer { for c in children.reversed() { c.kill() } }
     let (src, api) = try bench { try rig.source(g.image, cmdline: g.cmdline, memory: g.memory, cpus: 1, name: "bench-src") }
     children.append(src)
     _ = try bench { try src.waitForLine("^HEARTBEAT", timeout: 120) }
-    let (dst, _) = try bench { try rig.target(listen: "unix:\(mig)", extra: keyArgs) }
+    let (dst, _) = try bench { try rig.target(listen: mig, extra: keyArgs) }
     children.append(dst)
-    let send = try bench { try rig.startSend(api, to: "unix:\(mig)", extra: ["--report", rep, "--downtime-ms", "50",
-                                                                             "--max-time", "\(timeLimit)", "--compress", compress] + keyArgs) }
+    let send = try bench { try rig.startSend(api, to: mig, extra: ["--report", rep, "--downtime-ms", "50", "--max-time", "\(timeLimit)",
+                                                                   "--compress", compress] + link.sendArguments + keyArgs) }
     children.append(send)
     let (term, t1) = try bench { try send.waitForExit(timeout: Double(timeLimit + 60)) }
     let wall = (t1 - send.startTime) * 1000
@@ -119,96 +123,6 @@ func migrateSwiftVMM(_ env: BenchEnvironment, tag: String, guest g: MigrationGue
             "converged": .int(1), "wall_ms": .double(wall),
             "detail": .object(["report": r, "summary": .string(summary), "source_status": .int(Int(srcTerm.status)),
                                "guest_ok": .bool(ok)])]
-}
-
-let qemuMigrateFields = ["transferred", "remaining", "total", "duplicate", "normal", "normal-bytes",
-                         "dirty-pages-rate", "mbps", "dirty-sync-count", "pages-per-second"]
-
-/// Samples `query-migrate` every 50 ms until the migration ends (its last reply) or
-/// `timeLimit` passes (then it cancels it, and the reply's status is "timeout").
-func pollMigration(_ sc: JSONLinesClient, since t0: Double, timeLimit: Double) throws -> (info: JSON, samples: [JSON]) {
-    var samples: [JSON] = []
-    while true {
-        let info = try sc.execute("query-migrate")
-        let now = Monotonic.now()
-        let ram = info["ram"]
-        var sample: JSONObject = ["t_ms": .double(((now - t0) * 1000).rounded(places: 1)), "status": info["status"] ?? .null]
-        for k in qemuMigrateFields { if let v = ram?[k] { sample[k] = v } }
-        sample["expected-downtime"] = info["expected-downtime"] ?? .null
-        sample["cpu-throttle-percentage"] = info["cpu-throttle-percentage"] ?? .null
-        samples.append(.object(sample))
-        if ["completed", "failed", "cancelled"].contains(info["status"]?.string ?? "") { return (info, samples) }
-        if now - t0 > timeLimit {
-            try sc.execute("migrate_cancel")
-            for _ in 0..<200 {
-                if ["cancelled", "failed", "completed"].contains(try sc.execute("query-migrate")["status"]?.string ?? "") { break }
-                usleep(50_000)
-            }
-            return (.object(["status": .string("timeout")]), samples)
-        }
-        usleep(50_000)    // the sampling period of the per-round picture, not a synchronisation
-    }
-}
-
-func migrateQEMU(_ env: BenchEnvironment, tag: String, guest g: MigrationGuest, timeLimit: Int, sealed: Bool = false) throws -> JSONObject {
-    let d = try env.runDirectory("qemu-\(tag)")
-    let sq = d.appendingPathComponent("src-qmp.sock").path, dq = d.appendingPathComponent("dst-qmp.sock").path
-    let mig = d.appendingPathComponent("mig.sock").path
-    // TLS with a pre-shared key (QEMU's tls-creds-psk: a keys.psk of `username:hexkey` lines).
-    var tls: (source: [String], target: [String]) = ([], [])
-    if sealed {
-        try "qemu:\(benchKeyHex)\n".write(toFile: d.appendingPathComponent("keys.psk").path, atomically: true, encoding: .utf8)
-        tls = (["-object", "tls-creds-psk,id=tls0,endpoint=client,dir=\(d.path),username=qemu"],
-               ["-object", "tls-creds-psk,id=tls0,endpoint=server,dir=\(d.path)"])
-    }
-    var children: [Child] = []
-    defer { for c in children.reversed() { c.kill() } }
-    let src = try bench { try env.start("qemu-source", env.qemuRun(kernel: g.image, memory: g.memory, cmdline: g.cmdline,
-                                                                   extra: ["-qmp", "unix:\(sq),server=on,wait=off"] + tls.source)) }
-    children.append(src)
-    _ = try bench { try src.waitForLine("^HEARTBEAT", timeout: 180) }
-    let dst = try bench { try env.start("qemu-target", env.qemuRun(kernel: g.image, memory: g.memory, cmdline: g.cmdline,
-                                                                   extra: ["-qmp", "unix:\(dq),server=on,wait=off",
-                                                                           "-incoming", sealed ? "defer" : "unix:\(mig)"] + tls.target)) }
-    children.append(dst)
-    if sealed {
-        // The destination takes its TLS credentials before it listens.
-        try bench { try Paths.waitFor(dq, timeout: 60, child: dst) }
-        let dc = try bench { try JSONLinesClient.qmp(path: dq, child: dst) }
-        try bench {
-            try dc.execute("migrate-set-parameters", ["tls-creds": .string("tls0")])
-            try dc.execute("migrate-incoming", ["uri": .string("unix:\(mig)")])
-        }
-    }
-    try bench { try Paths.waitFor(mig, timeout: 60, child: dst) }
-    let sc = try bench { try JSONLinesClient.qmp(path: sq, child: src) }
-    try bench {
-        try sc.execute("migrate-set-capabilities", ["capabilities": .array([.object([
-            "capability": .string("auto-converge"), "state": .bool(!env.options.qemuNoAutoConverge)])])])
-        try sc.execute("migrate-set-parameters", ["downtime-limit": .int(50), "max-bandwidth": .int(10 << 30)])
-        if sealed { try sc.execute("migrate-set-parameters", ["tls-creds": .string("tls0")]) }
-    }
-    let t0 = Monotonic.now()
-    try bench { try sc.execute("migrate", ["uri": .string("unix:\(mig)")]) }
-    let (info, samples) = try bench { try pollMigration(sc, since: t0, timeLimit: Double(timeLimit)) }
-    let status = info["status"]?.string ?? ""
-    if status == "timeout" {
-        return ["converged": .int(0), "wall_ms": .double((Monotonic.now() - t0) * 1000),
-                "detail": .object(["qemu_samples": .array(samples), "guest_ok": .bool(true)])]
-    }
-    let t1 = Monotonic.now()
-    guard status == "completed" else {
-        throw BenchError("QEMU migration \(status): \(info["error-desc"]?.string ?? "") \(src.tail()) \(dst.tail())")
-    }
-    let (ok, why) = carriesOn(dst)
-    guard ok else { throw BenchError("guest did not carry on after the QEMU migration: \(why ?? "")") }
-    guard let ram = info["ram"], let transferred = ram["transferred"]?.double else {
-        throw BenchError("query-migrate has no ram.transferred: \(info.compact.prefix(300))")
-    }
-    return ["total_ms": info["total-time"] ?? .null, "downtime_ms": info["downtime"] ?? .null,
-            "setup_ms": info["setup-time"] ?? .null, "MB_on_wire": .double(transferred / 1e6),
-            "rounds": ram["dirty-sync-count"] ?? .null, "converged": .int(1), "wall_ms": .double((t1 - t0) * 1000),
-            "detail": .object(["query_migrate": info, "qemu_samples": .array(samples), "guest_ok": .bool(ok)])]
 }
 
 struct MigrateIdle: MigrationScenario {
@@ -242,7 +156,7 @@ struct MigrateRandom: MigrationScenario {
     func memory(_ env: BenchEnvironment) -> String { env.quick ? "256M" : "1G" }
 
     func params(_ env: BenchEnvironment) -> JSONObject {
-        ["memory": .string(memory(env)), "downtime_target_ms": .int(50), "transport": .string("unix"),
+        ["memory": .string(memory(env)), "downtime_target_ms": .int(50), "transport": .string("unix"), "connections": .int(1),
          "image": .string("memtouch.elf"), "cmdline": .string(cmdline), "method": .string("memtouch fill=random")]
     }
 

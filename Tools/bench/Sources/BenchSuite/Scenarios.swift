@@ -28,7 +28,8 @@ extension Scenario {
 /// Every scenario, in the order they run and are reported.
 public let allScenarios: [any Scenario] = [
     Startup(), Rss(), MigrateIdle(), MigrateRandom(), MigrateDirty(), MigrateDirtyRandom(), Blk(), Net(), BlkPattern(), MigrateDirtyRaw(),
-    MigrateRandomSealed(), MigrateDirtySealed(), SaveSnapshot(), RestoreSnapshot(),
+    MigrateRandomSealed(), MigrateDirtySealed(), MigrateRandomTCP(connections: 1), MigrateRandomTCP(connections: 4),
+    SaveSnapshot(), RestoreSnapshot(),
     MigrateDisk(),
     Handover(memory: "256M"), Handover(memory: "4G"), Handover(memory: "16G"),
 ]
