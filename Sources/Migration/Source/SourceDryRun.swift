@@ -11,12 +11,7 @@ extension MigrationSource {
         do {
             try SourceConnect().run(session)
             let conn = try session.conn()
-            // Described as SourcePreCheck describes it: the disks it would copy, its mirrors.
-            var description = MachineDescription.of(vm, uuid: uuid)
-            if options.copyStorage { description.storage = try DiskCopySource.plan(vm, verify: options.verifyStorage) }
-            description.mirrors = vm.devices.disks.compactMap { $0.mirror.map { MirrorClaim($0.status) } }
-            description.dryRun = true
-            description.handover = options.local
+            let description = try session.describe()
             try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
             let verdict = try conn.expect(DryRunVerdict.self)
             reasons = Array(verdict.reasons.prefix(64).map { String($0.prefix(1000)) })

@@ -26,10 +26,7 @@ final class SourcePreCheck: MigrationStep {
 
     func run(_ s: SourceSession) throws {
         let conn = try s.conn()
-        var description = MachineDescription.of(s.vm, uuid: s.uuid)
-        description.channels = s.options.connectionCount
-        if s.options.copyStorage { description.storage = try DiskCopySource.plan(s.vm, verify: s.options.verifyStorage) }
-        description.mirrors = s.vm.devices.disks.compactMap { $0.mirror.map { MirrorClaim($0.status) } }
+        let description = try s.describe()
         try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
         let accept = try conn.expect(Accept.self)
         let present = Set(accept.mirrorVolumes ?? [])
@@ -245,6 +242,18 @@ final class SourceHandOff: MigrationStep {
 }
 
 extension SourceSession {
+    /// The guest as the target's pre-check sees it: the machine, the connections its pages
+    /// take, the disks that would travel and the mirrors (a dry run describes it the same way).
+    func describe() throws -> MachineDescription {
+        var description = MachineDescription.of(vm, uuid: uuid)
+        description.channels = options.connectionCount
+        if options.copyStorage { description.storage = try DiskCopySource.plan(vm, verify: options.verifyStorage) }
+        description.mirrors = vm.devices.disks.compactMap { $0.mirror.map { MirrorClaim($0.status) } }
+        description.handover = options.local
+        description.dryRun = options.dryRun
+        return description
+    }
+
     /// The end of a pre-check the target accepted: its fault point, a last look for a cancel,
     /// and the set-up time.
     func finishPreCheck(_ conn: Connection) throws {
