@@ -198,10 +198,9 @@ final class TargetReceive: MigrationStep {
         var round = 0
         var faulted = Set<Bool>()
         while true {
-            let section = try conn.receive()
+            let section = try conn.receive(applying: decoder)
             switch section.type {
             case .pages:
-                try decoder.apply(section.payload)
                 if round == 0 { populator.follow(section.payload) }
                 if faulted.insert(round > 0).inserted { Faults.hit(round > 0 ? .midRoundN : .midRound0, .target, conn) }
                 let c = decoder.counters
