@@ -84,6 +84,21 @@ struct PagePlacementTests {
         #expect(throws: MigrationError.self) { _ = try read(cut, PageDecoder(memory: try memory())) }
     }
 
+    @Test("on a sealed stream a batch is opened, then applied the ordinary way")
+    func sealed() throws {
+        let (a, b) = try SealedStreamTests().sealedPair()
+        let m = try patterned()
+        let d = PageDecoder(memory: m)
+        let one = batch(pfn: 100, window: 2, sent: [0, 1], data: filled(0x31) + filled(0x32))
+        try a.send(.pages, bytes: one)
+        try a.send(.pages, bytes: Array(one.prefix(100)))
+        let s = try b.receive(applying: d)
+        #expect(s.type == .pages && s.payload == one)
+        #expect(try m.read(addr(100), count: 2 * 4096) == filled(0x31) + filled(0x32))
+        #expect(d.counters.dataPages == 2)
+        #expect(expectStreamError { _ = try b.receive(applying: d) }.contains("truncated"))
+    }
+
     @Test("malformed batches with a good checksum are refused with apply's messages and write nothing")
     func hostile() throws {
         for (what, bytes, fragment) in PagesTests.hostileCases() {
