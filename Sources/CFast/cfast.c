@@ -19,9 +19,48 @@ static uint32_t crc_soft(uint32_t c, const uint8_t *p, size_t n) {
     return c;
 }
 
+/* Multiplies a and b, polynomials over GF(2) in the CRC's bit-reflected order, modulo
+ * the CRC-32C polynomial (as zlib's multmodp). */
+static uint32_t multmodp(uint32_t a, uint32_t b) {
+    uint32_t m = (uint32_t)1 << 31, p = 0;
+    for (;;) {
+        if (a & m) {
+            p ^= b;
+            if ((a & (m - 1)) == 0) break;
+        }
+        m >>= 1;
+        b = (b & 1) ? (b >> 1) ^ 0x82F63B78u : b >> 1;
+    }
+    return p;
+}
+
+/* Bytes per lane of the three-lane loop: the crc32 instruction takes 3 cycles but can start
+ * every cycle, so three independent lanes run about three times as fast as one. */
+#define LANE 8192
+/* x^(8·LANE) and x^(16·LANE) modulo the polynomial: what a lane's register is multiplied by
+ * when one or two lanes of bytes follow it (zlib's x2nmodp(LANE, 3) for CRC-32C). */
+#define SHIFT1 0x28461564u
+#define SHIFT2 0xBF455269u
+
 __attribute__((target("sse4.2")))
 static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t n) {
     uint64_t c64 = c;
+    while (n >= 3 * LANE) {
+        uint64_t a = c64, b = 0, d = 0;
+        for (size_t i = 0; i < LANE; i += 8) {
+            uint64_t wa, wb, wd;
+            memcpy(&wa, p + i, 8);
+            memcpy(&wb, p + LANE + i, 8);
+            memcpy(&wd, p + 2 * LANE + i, 8);
+            a = __builtin_ia32_crc32di(a, wa);
+            b = __builtin_ia32_crc32di(b, wb);
+            d = __builtin_ia32_crc32di(d, wd);
+        }
+        /* A register is linear in its start value: the lanes combine by shifting. */
+        c64 = multmodp(SHIFT2, (uint32_t)a) ^ multmodp(SHIFT1, (uint32_t)b) ^ (uint32_t)d;
+        p += 3 * LANE;
+        n -= 3 * LANE;
+    }
     while (n >= 8) {
         uint64_t w;
         memcpy(&w, p, 8);

@@ -36,6 +36,24 @@ struct CRC32CTests {
         }
     }
 
+    @Test("long inputs (three-lane hardware loop): matches the definition around every lane boundary")
+    func longInputs() {
+        var g = TestRandom(seed: 33)
+        let data = g.bytes(3 * 3 * 8192 + 100)
+        for length in [3 * 8192 - 1, 3 * 8192, 3 * 8192 + 1, 3 * 8192 + 8, 6 * 8192 - 3, 6 * 8192, 9 * 8192 + 99] {
+            for start in [0, 1] {
+                let slice = Array(data[start..<(start + length)])
+                #expect(CRC32C.checksum(slice) == Self.reference(slice), "start \(start) length \(length)")
+                let half = length / 2
+                let c = slice.withUnsafeBytes { p in
+                    CRC32C.update(CRC32C.update(0, UnsafeRawBufferPointer(rebasing: p[..<half])),
+                                  UnsafeRawBufferPointer(rebasing: p[half...]))
+                }
+                #expect(c == Self.reference(slice), "in two pieces: start \(start) length \(length)")
+            }
+        }
+    }
+
     @Test("updating piece by piece equals the one-shot checksum, wherever the pieces split")
     func incremental() {
         var g = TestRandom(seed: 7)

@@ -9,24 +9,24 @@ private let GiB: UInt64 = 1 << 30
 /// Header, two bitmaps, and the section's own header and CRC: what a batch costs besides data.
 private let batchOverhead = 24 + 2 * 128 + 12
 
-private func addr(_ pageNumber: Int, base: UInt64 = 0) -> GuestAddress {
+func addr(_ pageNumber: Int, base: UInt64 = 0) -> GuestAddress {
     GuestAddress(base + UInt64(pageNumber * page))
 }
 
-private func filled(_ byte: UInt8) -> [UInt8] { [UInt8](repeating: byte, count: page) }
+func filled(_ byte: UInt8) -> [UInt8] { [UInt8](repeating: byte, count: page) }
 
 /// A page LZ4 shrinks a lot, different for every `n`.
-private func compressible(_ n: Int) -> [UInt8] {
+func compressible(_ n: Int) -> [UInt8] {
     var out: [UInt8] = []
     while out.count < page { out += Array("page \(n) of guest memory; ".utf8) }
     return Array(out.prefix(page))
 }
 
-private func be64(_ v: UInt64) -> [UInt8] { be32(UInt32(v >> 32)) + be32(UInt32(truncatingIfNeeded: v)) }
+func be64(_ v: UInt64) -> [UInt8] { be32(UInt32(v >> 32)) + be32(UInt32(truncatingIfNeeded: v)) }
 
 /// A hand-made page batch; counts and lengths default to what the bitmaps and data say.
-private func batch(encoding: UInt8 = 0, pfn: UInt64, window: Int, dataPages: Int? = nil, dataLength: Int? = nil,
-                   sent: [Int], zero: [Int] = [], data: [UInt8]) -> [UInt8] {
+func batch(encoding: UInt8 = 0, pfn: UInt64, window: Int, dataPages: Int? = nil, dataLength: Int? = nil,
+           sent: [Int], zero: [Int] = [], data: [UInt8]) -> [UInt8] {
     var sentBits = [UInt8](repeating: 0, count: 128), zeroBits = [UInt8](repeating: 0, count: 128)
     for i in sent { sentBits[i / 8] |= 1 << UInt8(i % 8) }
     for i in zero { zeroBits[i / 8] |= 1 << UInt8(i % 8) }
@@ -47,7 +47,8 @@ struct PagesTests {
 
     /// Encodes `region` of `src` on a writer thread and applies every batch to `dst`.
     func transfer(_ src: GuestMemory, to dst: GuestMemory, region: Int = 0, bitmap: [UInt64]? = nil,
-                  resident: [UInt8]? = nil, compression: Compression = .lz4, stable: Bool = false) throws -> Transfer {
+                  resident: [UInt8]? = nil, compression: Compression = .lz4, stable: Bool = false,
+                  placing: Bool = false) throws -> Transfer {
         let (a, b) = try connectionPair()
         let counters = Shared(PageCounters())
         let writer = Background {
@@ -61,10 +62,10 @@ struct PagesTests {
         var payloads: [[UInt8]] = []
         do {
             while true {
-                let s = try b.receive()
+                let s = try placing ? b.receive(applying: decoder) : b.receive()
                 if s.type == .roundEnd { break }
                 #expect(s.type == .pages)
-                try decoder.apply(s.payload)
+                if !placing { try decoder.apply(s.payload) }
                 payloads.append(s.payload)
             }
         } catch {
@@ -300,10 +301,10 @@ struct PagesTests {
         #expect(try m.read(addr(4095), count: page) == filled(0x33))
     }
 
-    @Test("malformed batches are refused as stream errors and write nothing")
-    func hostileBatches() throws {
+    /// Malformed batches, each with a fragment of the message that refuses it.
+    static func hostileCases() -> [(String, [UInt8], String)] {
         let one = filled(0x44), two = filled(0x44) + filled(0x45)
-        let cases: [(String, [UInt8], String)] = [
+        return [
             ("truncated header", Array(batch(pfn: 0, window: 1, sent: [0], data: one).prefix(100)), "truncated"),
             ("unknown encoding", batch(encoding: 2, pfn: 0, window: 1, sent: [0], data: one), "encoding"),
             ("empty window", batch(pfn: 0, window: 0, sent: [], data: []), "out of range"),
@@ -324,7 +325,11 @@ struct PagesTests {
             ("LZ4 data that is not LZ4", batch(encoding: 1, pfn: 0, window: 2, sent: [0, 1], data: [UInt8](repeating: 0xff, count: 100)), "decompress"),
             ("LZ4 with no data at all", batch(encoding: 1, pfn: 0, window: 1, sent: [0], data: []), "decompress"),
         ]
-        for (what, bytes, fragment) in cases {
+    }
+
+    @Test("malformed batches are refused as stream errors and write nothing")
+    func hostileBatches() throws {
+        for (what, bytes, fragment) in Self.hostileCases() {
             let m = try patterned()
             let before = try snapshot(m)
             let d = PageDecoder(memory: m)

@@ -22,7 +22,7 @@ final class Populator: @unchecked Sendable {
     private var queue: [(UnsafeMutableRawPointer, Int)] = []
     private var stopped = false
     private var unsupported = false
-    /// Per region (by index): offset up to which population has been queued.
+    /// Per region (by index): offset up to which population has been queued (under `cond`).
     private var frontier: [UInt64]
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
@@ -36,7 +36,8 @@ final class Populator: @unchecked Sendable {
         t.start()
     }
 
-    /// Called after a page batch was applied (the payload already validated).
+    /// Called after a page batch was applied (the payload already validated); from any number
+    /// of receiving threads at once.
     func follow(_ payload: [UInt8]) {
         guard payload.count >= PageBatch.headerSize else { return }
         let (pfn, window, data) = payload.withUnsafeBytes { p in
@@ -49,15 +50,14 @@ final class Populator: @unchecked Sendable {
         let length = UInt64(window * PageBatch.pageSize)
         guard let (region, offset) = memory.locate(GuestAddress(gpa), length: length),
               let index = memory.regions.firstIndex(where: { $0 === region }) else { return }
-        // Called from every connection's reading thread (`send --connections N`).
-        cond.lock()
-        let from = max(frontier[index], offset + length)
         let to = min(region.size, offset + length + UInt64(Self.aheadBytes))
-        guard from < to else { cond.unlock(); return }
+        cond.lock()
+        defer { cond.unlock() }
+        let from = max(frontier[index], offset + length)
+        guard from < to, !unsupported, !stopped else { return }
         frontier[index] = to
-        if !unsupported && !stopped { queue.append((region.host + Int(from), Int(to - from))) }
+        queue.append((region.host + Int(from), Int(to - from)))
         cond.signal()
-        cond.unlock()
     }
 
     /// Stops and joins the thread (what is queued is dropped).

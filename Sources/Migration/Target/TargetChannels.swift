@@ -70,11 +70,10 @@ final class ChannelReceivers: @unchecked Sendable {
         defer { cond.lock(); exited += 1; cond.broadcast(); cond.unlock() }
         do {
             while true {
-                let section = try conn.receive()
+                let before = decoder.counters
+                let section = try conn.receive(applying: decoder)
                 switch section.type {
                 case .pages:
-                    let before = decoder.counters
-                    try decoder.apply(section.payload)
                     populator.follow(section.payload)
                     Faults.hitOnce(.channelMidRound, .target, conn)
                     let after = decoder.counters

@@ -221,14 +221,13 @@ final class TargetReceive: MigrationStep {
         var faulted = Set<Bool>()
         while true {
             let section: Section
-            do { section = try conn.receive() } catch {
+            do { section = try conn.receive(applying: decoder) } catch {
                 // A data connection that failed stopped this one's reads: its reason is the one.
                 if let failure = channels?.failure { throw failure }
                 throw error
             }
             switch section.type {
             case .pages:
-                try decoder.apply(section.payload)
                 if round == 0 { populator.follow(section.payload) }
                 if faulted.insert(round > 0).inserted { Faults.hit(round > 0 ? .midRoundN : .midRound0, .target, conn) }
                 let c = decoder.counters

@@ -229,6 +229,17 @@ public final class Connection: ByteSource, @unchecked Sendable {
         return try reader.read(opener: opener)
     }
 
+    /// Like `receive()`, but a `pages` section comes back already applied by `decoder` (one
+    /// decoder per receiving thread): on an unsealed stream a raw batch is read straight into
+    /// its guest pages, and the payload returned may hold only the batch's header and bitmaps.
+    public func receive(applying decoder: PageDecoder) throws -> Section {
+        receiveLock.lock(); defer { receiveLock.unlock() }
+        guard let opener else { return try reader.read(applying: decoder) }
+        let section = try reader.read(opener: opener)
+        if section.type == .pages { try decoder.apply(section.payload) }
+        return section
+    }
+
     /// Receives a section and fails unless it is of `type` (an `error` section becomes `.peer`,
     /// a `cancel` section `.cancelled`).
     public func expect(_ type: SectionType) throws -> Section {

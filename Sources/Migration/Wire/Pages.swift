@@ -16,6 +16,8 @@ public enum PageBatch {
     public static let windowPages = 1024
     static let headerSize = 24
     static let bitmapBytes = windowPages / 8
+    /// The header and both bitmaps: what precedes a batch's data.
+    static let fixedSize = headerSize + 2 * bitmapBytes
 }
 
 /// How pages are compressed on the wire.
@@ -215,9 +217,12 @@ public final class PageDecoder {
         var offset: UInt64
     }
 
-    func parse(_ p: UnsafeRawBufferPointer) throws -> Batch {
-        let fixed = PageBatch.headerSize + 2 * PageBatch.bitmapBytes
-        guard p.count >= fixed, let base = p.baseAddress else { throw MigrationError.stream("page batch is truncated (\(p.count) bytes)") }
+    /// `p` holds the batch's header and bitmaps at least; `payloadCount` is its whole length
+    /// (when the data is elsewhere), else `p.count`.
+    func parse(_ p: UnsafeRawBufferPointer, payloadCount: Int? = nil) throws -> Batch {
+        let fixed = PageBatch.fixedSize
+        let count = payloadCount ?? p.count
+        guard count >= fixed, p.count >= fixed, let base = p.baseAddress else { throw MigrationError.stream("page batch is truncated (\(count) bytes)") }
         let encoding = base.load(as: UInt8.self)
         let firstPFN = UInt64(bigEndian: base.loadUnaligned(fromByteOffset: 4, as: UInt64.self))
         let windowPages = Int(UInt32(bigEndian: base.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
@@ -227,8 +232,8 @@ public final class PageDecoder {
         guard windowPages >= 1 && windowPages <= PageBatch.windowPages, dataPages <= windowPages else {
             throw MigrationError.stream("page batch window of \(windowPages) pages (\(dataPages) with data) is out of range")
         }
-        guard dataLength == p.count - fixed else {
-            throw MigrationError.stream("page batch says \(dataLength) data bytes but carries \(p.count - fixed)")
+        guard dataLength == count - fixed else {
+            throw MigrationError.stream("page batch says \(dataLength) data bytes but carries \(count - fixed)")
         }
         let sent = UnsafeRawBufferPointer(start: base + PageBatch.headerSize, count: PageBatch.bitmapBytes)
         let zero = UnsafeRawBufferPointer(start: base + PageBatch.headerSize + PageBatch.bitmapBytes, count: PageBatch.bitmapBytes)
@@ -289,5 +294,44 @@ public final class PageDecoder {
             }
         }
         counters.wireBytes += UInt64(p.count + 12)
+    }
+
+    /// Applies the `pages` section whose 8 header bytes are `section` and whose payload begins
+    /// with `fixed` (the batch's header and bitmaps), reading its data from `reader` straight into
+    /// the guest pages it names, then its CRC. False, with nothing more read, for a batch to be
+    /// read and applied the ordinary way: compressed, or one whose header does not parse (the
+    /// ordinary way reports a bad checksum before a bad header).
+    func place(_ fixed: [UInt8], section: [UInt8], from reader: SectionReader) throws -> Bool {
+        let length = Int(SectionFraming.bigEndian32(section[4..<8]))
+        guard let b = try? fixed.withUnsafeBytes({ try parse($0, payloadCount: length) }),
+              b.encoding == 0, b.dataLength == b.dataPages * PageBatch.pageSize else { return false }
+        var crc = section.withUnsafeBytes { CRC32C.update(0, $0) }
+        crc = fixed.withUnsafeBytes { CRC32C.update(crc, $0) }
+        let base = b.region.host + Int(b.offset)
+        // Data pages arrive in window order: each run of consecutive ones is one read.
+        let sent = { (i: Int) in fixed[PageBatch.headerSize + i / 8] & (1 << UInt8(i % 8)) != 0 }
+        let zero = { (i: Int) in fixed[PageBatch.headerSize + PageBatch.bitmapBytes + i / 8] & (1 << UInt8(i % 8)) != 0 }
+        let isData = { (i: Int) in sent(i) && !zero(i) }
+        var i = 0
+        while i < b.windowPages {
+            guard isData(i) else { i += 1; continue }
+            var end = i + 1
+            while end < b.windowPages && isData(end) { end += 1 }
+            let run = UnsafeMutableRawBufferPointer(start: base + i * PageBatch.pageSize, count: (end - i) * PageBatch.pageSize)
+            try reader.source.readExactly(run)
+            crc = CRC32C.update(crc, UnsafeRawBufferPointer(run))
+            i = end
+        }
+        guard try reader.readTrailer() == crc else {
+            throw MigrationError.stream("checksum mismatch in pages section (\(length) bytes): the stream was corrupted")
+        }
+        for i in 0..<b.windowPages where zero(i) {
+            let dst = base + i * PageBatch.pageSize
+            if !PageEncoder.isZero(dst) { memset(dst, 0, PageBatch.pageSize) }
+            counters.zeroPages += 1
+        }
+        counters.dataPages += b.dataPages
+        counters.wireBytes += UInt64(length + 12)
+        return true
     }
 }

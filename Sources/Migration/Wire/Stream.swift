@@ -127,32 +127,53 @@ public struct SectionReader {
         return SectionFraming.bigEndian32(b[8..<12])
     }
 
+    /// A section's 8 header bytes, read and checked: its length is within `Wire.maxSectionLength`.
+    struct Header {
+        var bytes: [UInt8]
+        var rawType: UInt16 { UInt16(bytes[0]) << 8 | UInt16(bytes[1]) }
+        var length: Int { Int(SectionFraming.bigEndian32(bytes[4..<8])) }
+    }
+
+    func readHeader() throws -> Header {
+        var bytes = [UInt8](repeating: 0, count: SectionFraming.headerSize)
+        try bytes.withUnsafeMutableBytes { p throws in try source.readExactly(p) }
+        let header = Header(bytes: bytes)
+        guard header.length <= Wire.maxSectionLength else {
+            throw MigrationError.stream("section type \(header.rawType) claims \(header.length) bytes, more than the \(Wire.maxSectionLength >> 20) MiB limit")
+        }
+        return header
+    }
+
     /// The next section as framed, with its checksum verdict; the length is checked against
     /// `Wire.maxSectionLength` before anything is allocated.
-    public func readRaw() throws -> RawSection {
-        var header = [UInt8](repeating: 0, count: SectionFraming.headerSize)
-        try header.withUnsafeMutableBytes { p throws in try source.readExactly(p) }
-        let rawType = UInt16(header[0]) << 8 | UInt16(header[1])
-        let len = Int(SectionFraming.bigEndian32(header[4..<8]))
-        guard len <= Wire.maxSectionLength else {
-            throw MigrationError.stream("section type \(rawType) claims \(len) bytes, more than the \(Wire.maxSectionLength >> 20) MiB limit")
-        }
+    public func readRaw() throws -> RawSection { try readBody(readHeader()) }
+
+    /// The rest of the section `header` begins: its payload (of which `prefix` was read
+    /// already) and, unless it is sealed, its CRC.
+    func readBody(_ header: Header, prefix: [UInt8] = []) throws -> RawSection {
+        let rawType = header.rawType, len = header.length
         var readError: Error?
         let payload = [UInt8](unsafeUninitializedCapacity: len) { buf, count in
-            do { try source.readExactly(UnsafeMutableRawBufferPointer(buf)) } catch { readError = error }
+            _ = buf.initialize(from: prefix)
+            do { try source.readExactly(UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buf[prefix.count...]))) } catch { readError = error }
             count = len
         }
         if let readError { throw readError }
         if rawType == SectionType.sealed.rawValue {
             // Authenticated by its tag when it is opened; no CRC.
-            return RawSection(rawType: rawType, optional: false, payload: payload, checksumOK: true, header: header)
+            return RawSection(rawType: rawType, optional: false, payload: payload, checksumOK: true, header: header.bytes)
         }
+        var crc = header.bytes.withUnsafeBytes { CRC32C.update(0, $0) }
+        crc = payload.withUnsafeBytes { CRC32C.update(crc, $0) }
+        return RawSection(rawType: rawType, optional: header.bytes[3] & 1 != 0, payload: payload,
+                          checksumOK: try readTrailer() == crc, header: header.bytes)
+    }
+
+    /// A section's 4-byte CRC trailer.
+    func readTrailer() throws -> UInt32 {
         var trailer = [UInt8](repeating: 0, count: SectionFraming.trailerSize)
         try trailer.withUnsafeMutableBytes { p throws in try source.readExactly(p) }
-        var crc = header.withUnsafeBytes { CRC32C.update(0, $0) }
-        crc = payload.withUnsafeBytes { CRC32C.update(crc, $0) }
-        return RawSection(rawType: rawType, optional: header[3] & 1 != 0, payload: payload,
-                          checksumOK: crc == SectionFraming.bigEndian32(trailer), header: header)
+        return SectionFraming.bigEndian32(trailer)
     }
 
     /// The next section this reader understands: a bad checksum or an unknown required type
@@ -165,15 +186,42 @@ public struct SectionReader {
             } else if raw.isSealed {
                 throw MigrationError.auth("the peer seals its stream, but this side has no key (--key-file)")
             }
-            guard raw.checksumOK else {
-                throw MigrationError.stream("checksum mismatch in \(raw.typeName) section (\(raw.payload.count) bytes): the stream was corrupted")
-            }
-            guard let type = raw.type else {
-                if raw.optional { continue }
-                throw MigrationError.stream("unknown required section type \(raw.rawType): the sender is newer than this swiftvmm")
-            }
-            return Section(type: type, payload: raw.payload)
+            if let section = try accept(raw) { return section }
         }
+    }
+
+    /// Like `read()` on an unsealed stream, but a `pages` section is applied by `decoder` as it
+    /// is read — a raw batch straight into its guest pages, checked before a byte is placed and
+    /// checksummed after (a failure ends the migration, so its bytes are never used). It comes
+    /// back applied, its payload beginning with the batch's header and bitmaps.
+    @_spi(Fuzzing) public func read(applying decoder: PageDecoder) throws -> Section {
+        while true {
+            let header = try readHeader()
+            var prefix: [UInt8] = []
+            if header.rawType == SectionType.pages.rawValue && header.length >= PageBatch.fixedSize {
+                prefix = [UInt8](repeating: 0, count: PageBatch.fixedSize)
+                try prefix.withUnsafeMutableBytes { p throws in try source.readExactly(p) }
+                if try decoder.place(prefix, section: header.bytes, from: self) { return Section(type: .pages, payload: prefix) }
+            }
+            // Anything else (and a batch that cannot be placed as it comes): the ordinary way.
+            let raw = try readBody(header, prefix: prefix)
+            guard !raw.isSealed else { throw MigrationError.auth("the peer seals its stream, but this side has no key (--key-file)") }
+            guard let section = try accept(raw) else { continue }
+            if section.type == .pages { try decoder.apply(section.payload) }
+            return section
+        }
+    }
+
+    /// An opened section checked against the rules: nil when it is to be skipped.
+    private func accept(_ raw: RawSection) throws -> Section? {
+        guard raw.checksumOK else {
+            throw MigrationError.stream("checksum mismatch in \(raw.typeName) section (\(raw.payload.count) bytes): the stream was corrupted")
+        }
+        guard let type = raw.type else {
+            if raw.optional { return nil }
+            throw MigrationError.stream("unknown required section type \(raw.rawType): the sender is newer than this swiftvmm")
+        }
+        return Section(type: type, payload: raw.payload)
     }
 
     /// The section inside a sealed one. An unsealed `error` report is let through as the

@@ -1,11 +1,12 @@
 import Glibc
 import Machine
-import Migration
+@_spi(Fuzzing) import Migration
 
 /// The page-batch decoder: one `pages` section payload (header, sent and zero bitmaps, raw or
 /// LZ4 data) applied to guest RAM of two regions, 0 … 3 GiB and 4 GiB … 4 GiB + 32 MiB. After a
 /// batch is accepted, every page it marks zero must read as zero and every raw data page must
-/// hold its bytes.
+/// hold its bytes. The same batch framed as a section then goes the way a target reads it (raw
+/// data straight into guest memory), which must accept exactly what `apply` accepts.
 enum PagesTarget {
     static let memory: GuestMemory = {
         do { return try GuestMemory(map: MemoryMap(memorySize: MemoryMap.mmioHoleStart + (32 << 20))) } catch {
@@ -21,8 +22,19 @@ enum PagesTarget {
             // Give back the pages batches touched, so a long run does not grow without bound.
             for r in memory.regions { madvise(r.host, Int(r.size), MADV_DONTNEED) }
         }
-        guard (try? decoder.apply(data)) != nil else { return }
-        check(data)
+        let applied = (try? decoder.apply(data)) != nil
+        if applied { check(data) }
+        let placed = (try? SectionReader(ByteBufferSource(framed(data))).read(applying: decoder)) != nil
+        require(placed == applied, placed ? "a batch apply refuses was placed" : "a batch apply accepts was refused when placed")
+        if placed { check(data) }
+    }
+
+    /// `payload` as a checksummed `pages` section.
+    static func framed(_ payload: [UInt8]) -> [UInt8] {
+        let n = UInt32(payload.count)
+        let header: [UInt8] = [0, UInt8(SectionType.pages.rawValue), 0, 0, UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)]
+        let crc = CRC32C.checksum(header + payload)
+        return header + payload + [UInt8(crc >> 24), UInt8((crc >> 16) & 0xff), UInt8((crc >> 8) & 0xff), UInt8(crc & 0xff)]
     }
 
     static func check(_ data: [UInt8]) {
