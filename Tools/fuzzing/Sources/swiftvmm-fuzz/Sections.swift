@@ -67,6 +67,9 @@ enum SectionsTarget {
         case .diskBlocks:
             if let run = try? DiskRun(decoding: s.payload) { _ = try? run.bytes() }
         case .handover: _ = try? s.message(HandoverOffer.self)
+        case .channel: _ = try? s.message(ChannelHello.self)
+        case .channelReady: _ = try? s.message(ChannelReady.self)
+        case .channelSync: _ = try? s.message(ChannelSync.self)
         case .sealed: require(false, "the reader returned a sealed section unopened")
         }
     }
