@@ -39,13 +39,16 @@ func connectionPair() throws -> (Connection, Connection) {
     return (Connection(fd: fds[0]), Connection(fd: fds[1]))
 }
 
-/// Writes raw bytes to a descriptor (a hand-made, possibly hostile, stream).
+/// Writes raw bytes to a descriptor (a hand-made, possibly hostile, stream). A socket whose
+/// reader has gone fails the write with EPIPE; it never raises SIGPIPE, which would end the
+/// whole test process.
 func writeRaw(_ fd: Int32, _ bytes: [UInt8]) {
     bytes.withUnsafeBytes { p in
         guard let base = p.baseAddress else { return }
         var done = 0
         while done < p.count {
-            let n = Glibc.write(fd, base + done, p.count - done)
+            var n = send(fd, base + done, p.count - done, Int32(MSG_NOSIGNAL))
+            if n < 0 && errno == ENOTSOCK { n = Glibc.write(fd, base + done, p.count - done) }
             if n <= 0 { if n < 0 && errno == EINTR { continue }; return }
             done += n
         }
