@@ -103,6 +103,9 @@ final class ChannelReceivers: @unchecked Sendable {
 }
 
 extension TargetSession {
+    /// How long an extra connection may take to present itself.
+    static let channelHelloTimeoutSeconds = 3
+
     /// After `accept` with N > 1 connections: takes the source's N − 1 extra connections from
     /// the listener — each must present this migration's token and an index not yet taken;
     /// anything else is closed with one line and the target keeps waiting, until the
@@ -119,7 +122,9 @@ extension TargetSession {
                 try cancellation.check()
                 throw MigrationError.stalled("the source opened \(taken.compactMap { $0 }.count + 1) of its \(count) connections within \(Int(options.timeout ?? 30)) s")
             }
-            Transport.setReceiveTimeout(fd, seconds: TargetAccept.helloTimeoutSeconds)
+            // The source says hello at once on its own connections: a silent stranger is
+            // dropped after a few seconds rather than holding the accept.
+            Transport.setReceiveTimeout(fd, seconds: Self.channelHelloTimeoutSeconds)
             let c = Connection(fd: fd)
             do {
                 let index = try greetChannel(c, token: token, count: count, taken: taken)
