@@ -176,6 +176,10 @@ public final class VM: @unchecked Sendable {
         beginMirrorSyncs()
     }
 
+    /// When a vCPU first ran again after the last `resume()` (CLOCK_REALTIME, ns), waiting
+    /// at most `timeout` s; nil when none did.
+    public func firstRunAfterResume(timeout: Double) -> UInt64? { runner.firstRunAfterResume(timeout: timeout) }
+
     /// Once the guest runs here, each mirror's first sync compares it with its disk.
     private func beginMirrorSyncs() { for d in devices.disks { d.mirror?.beginInitialSync() } }
     public var isPaused: Bool { runner.isPaused }

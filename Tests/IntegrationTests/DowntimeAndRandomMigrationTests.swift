@@ -40,11 +40,12 @@ struct DowntimeAndRandomMigrationTests {
         // Held 60 ms between the target's `ready` and the commit: the downtime must exceed 20 ms.
         let s = try rig.send(api, to: listen, extra: ["--report", report, "--downtime-ms", "20", "--hold-before-commit-ms", "60"])
         #expect(s.status == 0, "\(s.stderr)\n\(dst.transcript)")
-        #expect(s.stdout.contains("exceeded the 20 ms target: resume took"), "\(s.stdout)")
+        // The hold sits between `ready` and `go`: the commit's part.
+        #expect(s.stdout.contains("exceeded the 20 ms target: the commit (ready to go) took"), "\(s.stdout)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any])
         #expect((json["downtime_warning"] as? String)?.contains("exceeded the 20 ms target") == true, "\(json)")
         let parts = try #require(json["downtime_parts_ms"] as? [String: Any])
-        #expect(Set(parts.keys) == ["pause", "device_drain", "final_pages", "state_save", "state_transfer", "state_load", "resume"])
+        #expect(Set(parts.keys) == ["pause", "device_drain", "final_pages", "state_save", "state_transfer", "state_load", "commit", "resume"])
         let status = try Child(rig.swiftvmm, ["status", dstAPI], name: "status")
         #expect(status.wait(timeout: 30) == 0)
         #expect(status.stdout.contains("warning: downtime") && status.stdout.contains("exceeded the 20 ms target"), "\(status.stdout)")
@@ -68,7 +69,7 @@ struct DowntimeAndRandomMigrationTests {
         let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any])
         #expect(json["downtime_warning"] == nil)
         let parts = try #require(json["downtime_parts_ms"] as? [String: Any])
-        #expect(parts.count == 7 && parts.values.allSatisfy { (($0 as? NSNumber)?.doubleValue ?? -1) >= 0 }, "\(parts)")
+        #expect(parts.count == 8 && parts.values.allSatisfy { (($0 as? NSNumber)?.doubleValue ?? -1) >= 0 }, "\(parts)")
         #expect(dst.waitFor("HEARTBEAT", timeout: 30))
         dst.signal(SIGTERM)
         #expect(dst.wait(timeout: 30) == 0)

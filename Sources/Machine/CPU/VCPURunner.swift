@@ -37,6 +37,8 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
     /// State shared by vCPU threads and the controller, under `lock`.
     private struct Control {
         var pauseRequested = false
+        /// When the first vCPU ran again after the last `resume()` (CLOCK_REALTIME ns; 0: not yet).
+        var firstRunNs: UInt64 = 0
         var parked = 0
         var running = 0
         var stop: StopReason?
@@ -133,10 +135,26 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
     /// Lets paused vCPUs run again.
     public func resume() {
         let observer = lock.locked { () -> (@Sendable (RunStateChange) -> Void)? in
-            defer { control.pauseRequested = false; lock.broadcast() }
+            defer { control.pauseRequested = false; control.firstRunNs = 0; lock.broadcast() }
             return control.pauseRequested && control.stop == nil ? control.observer : nil
         }
         observer?(.resumed)
+    }
+
+    /// When the first vCPU thread left its pause after the last `resume()` (CLOCK_REALTIME,
+    /// ns) — the end of a downtime as the guest sees it — waiting for it at most `timeout` s.
+    public func firstRunAfterResume(timeout: Double) -> UInt64? {
+        let deadline = Date().addingTimeInterval(timeout)
+        return lock.locked {
+            while control.firstRunNs == 0 && control.stop == nil && lock.wait(until: deadline) {}
+            return control.firstRunNs == 0 ? nil : control.firstRunNs
+        }
+    }
+
+    static func wallNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     public var isPaused: Bool {
@@ -198,6 +216,7 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
                 while control.pauseRequested && control.stop == nil { lock.wait() }
                 control.parked -= 1
                 if control.stop != nil { return true }
+                if control.firstRunNs == 0 { control.firstRunNs = Self.wallNanos(); lock.broadcast() }
             }
             v.setImmediateExit(false)
             return false

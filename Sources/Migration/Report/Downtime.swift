@@ -16,6 +16,9 @@ public struct DowntimeBreakdown: Codable, Sendable, Equatable {
     public var stateTransferMs: Double = 0
     /// The target decoding, checking and loading the state.
     public var stateLoadMs: Double = 0
+    /// The source's commit: from `ready` arriving to `go` written (optional on the wire: an
+    /// older source does not send it).
+    public var commitMs: Double?
     /// `go` on the wire and the target resuming: what remains of the measured downtime.
     public var resumeMs: Double = 0
 
@@ -26,7 +29,7 @@ public struct DowntimeBreakdown: Codable, Sendable, Equatable {
         [("pause", "pausing the vCPUs", pauseMs), ("device_drain", "draining the devices", drainMs),
          ("final_pages", "the final pages", finalPagesMs), ("state_save", "state save", stateSaveMs),
          ("state_transfer", "state transfer", stateTransferMs), ("state_load", "state load", stateLoadMs),
-         ("resume", "resume", resumeMs)]
+         ("commit", "the commit (ready to go)", commitMs ?? 0), ("resume", "resume", resumeMs)]
     }
 
     public var json: [String: Any] {

@@ -133,6 +133,9 @@ public struct MigrationReport: Sendable {
     public var downtimeMs: Double = 0
     /// Source pause → the target's "running" acknowledgement arriving (source clock only).
     public var downtimeAckMs: Double = 0
+    /// How long the target took to resume the guest once `go` was read (its own clock; part
+    /// of `resume`).
+    public var targetResumeMs: Double?
     public var stateBytes = 0
     public var stateMs: Double = 0
     public var rounds: [RoundStats] = []
@@ -170,7 +173,7 @@ public struct MigrationReport: Sendable {
 
     public var json: [String: Any] {
         ["setup_ms": setupMs.rounded3, "total_ms": totalMs.rounded3, "downtime_ms": downtimeMs.rounded3,
-         "downtime_ack_ms": downtimeAckMs.rounded3, "state_bytes": stateBytes, "state_ms": stateMs.rounded3,
+         "downtime_ack_ms": downtimeAckMs.rounded3, "target_resume_ms": targetResumeMs.map(\.rounded3) ?? NSNull(), "state_bytes": stateBytes, "state_ms": stateMs.rounded3,
          "memory_bytes": memoryBytes, "bytes_on_wire": wireBytes, "raw_page_bytes": rawBytes,
          "pages_sent": dataPages, "zero_pages": zeroPages,
          "compression": compression,

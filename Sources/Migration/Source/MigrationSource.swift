@@ -175,6 +175,8 @@ final class SourceSession: @unchecked Sendable {
     var pending: [[UInt64]] = []
     var round = 0
     var roundStart = Clock.monotonic()
+    /// When the target's `ready` arrived (the commit's part of the downtime starts).
+    var readyAt = 0.0
 
     init(vm: VM, options: SendOptions, uuid: String, progress: ProgressBox, cancellation: Cancellation) {
         self.vm = vm

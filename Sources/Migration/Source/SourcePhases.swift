@@ -217,6 +217,7 @@ final class SourceHandOff: MigrationStep {
         if let claim = s.claim, !claim.commit() { throw MigrationError.machine("the hand-over claim was no longer open") }
         try conn.send(s.goMessage())
         s.committed = true
+        if s.readyAt > 0 { s.report.downtimeParts.commitMs = (Clock.monotonic() - s.readyAt) * 1000 }
         // A handed-over TAP queue is the target's now: it stays attached.
         if !s.options.local { for nic in s.vm.devices.all.compactMap({ $0 as? any AnnouncingDevice }) { nic.leave() } }
         Faults.hit(.afterGo, .source, conn)
@@ -234,6 +235,7 @@ final class SourceHandOff: MigrationStep {
             s.report.downtimeMs = (ack - pausedMono) * 1000
         }
         s.report.downtimeAckMs = (ack - pausedMono) * 1000
+        s.report.targetResumeMs = running.resumeMs
         s.report.totalMs = (ack - s.started) * 1000
         s.finishDowntime()
         conn.close()

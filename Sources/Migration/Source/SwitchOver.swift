@@ -85,6 +85,7 @@ extension SourceSession {
     func awaitReady(sentAt: Double) throws -> Ready {
         let conn = try conn()
         let ready = try conn.expect(Ready.self)
+        readyAt = Clock.monotonic()
         recordStateTransfer(sentAt: sentAt, ready: ready)
         Faults.hit(.afterReady, .source, conn)
         return ready

@@ -219,9 +219,13 @@ final class TargetSession {
         let vm = try machine()
         resumed = true
         diskCopy?.publish()
-        vm.resume()
+        // Devices first, as `thaw` does. The downtime ends when a vCPU runs again (its own
+        // thread notes when), not when this thread next gets a CPU to note it: a guest vCPU
+        // woken on this core can run for a whole time slice before this thread does.
         vm.devices.unquiesce()
-        resumedAtNanos = Clock.wallNanos()
+        let released = Clock.wallNanos()
+        vm.resume()
+        resumedAtNanos = vm.firstRunAfterResume(timeout: 0.1) ?? released
         for nic in announcers { nic.announce() }
         diskCopy?.syncDirectories()
     }
