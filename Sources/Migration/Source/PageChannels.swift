@@ -34,17 +34,11 @@ final class PageChannels: @unchecked Sendable {
             var units: [(Int, Int)] = []
             for (r, region) in regions.enumerated() {
                 for w in stride(from: 0, to: region.pageCount, by: PageBatch.windowPages) {
-                    if let bm = bitmaps?[r], !Self.any(bm, from: w, count: PageBatch.windowPages) { continue }
+                    if let bm = bitmaps?[r], !PageEncoder.selects(bm, window: w, count: PageBatch.windowPages) { continue }
                     units.append((r, w))
                 }
             }
             self.units = units
-        }
-
-        static func any(_ bm: [UInt64], from page: Int, count: Int) -> Bool {
-            var w = page / 64
-            while w < (page + count + 63) / 64 && w < bm.count { if bm[w] != 0 { return true }; w += 1 }
-            return false
         }
     }
 
@@ -106,8 +100,12 @@ final class PageChannels: @unchecked Sendable {
         if failure == nil { failure = error }
         cond.broadcast()
         cond.unlock()
-        for lane in lanes where lane.index > 0 { lane.connection.abort() }
+        abortExtraConnections()
     }
+
+    /// Makes every extra connection's blocked read or write fail (the first stays usable, to
+    /// tell the target why).
+    private func abortExtraConnections() { for lane in lanes where lane.index > 0 { lane.connection.abort() } }
 
     /// Ends the lanes' threads (after the last round, or on failure) and closes the extra
     /// connections; waits for the threads to exit.
@@ -122,11 +120,7 @@ final class PageChannels: @unchecked Sendable {
 
     var counters: PageCounters {
         var sum = PageCounters()
-        for lane in lanes {
-            let c = lane.encoder.counters
-            sum.dataPages += c.dataPages; sum.zeroPages += c.zeroPages
-            sum.wireBytes += c.wireBytes; sum.rawBytes += c.rawBytes
-        }
+        for lane in lanes { sum += lane.encoder.counters }
         return sum
     }
 
@@ -184,6 +178,6 @@ final class PageChannels: @unchecked Sendable {
         if let error, failure == nil { failure = error }
         cond.broadcast()
         cond.unlock()
-        if error != nil { for lane in lanes where lane.index > 0 { lane.connection.abort() } }
+        if error != nil { abortExtraConnections() }
     }
 }

@@ -89,10 +89,7 @@ extension SourceSession {
     /// The round's page figures, summed over this thread's encoder and the lanes'.
     func pageCounters(_ encoder: PageEncoder) -> PageCounters {
         var sum = encoder.counters
-        if let c = channels?.counters {
-            sum.dataPages += c.dataPages; sum.zeroPages += c.zeroPages
-            sum.wireBytes += c.wireBytes; sum.rawBytes += c.rawBytes
-        }
+        if let c = channels?.counters { sum += c }
         return sum
     }
 

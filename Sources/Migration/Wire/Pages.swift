@@ -32,6 +32,11 @@ public struct PageCounters: Sendable {
     public var wireBytes: UInt64 = 0
     public var rawBytes: UInt64 = 0
     public init() {}
+
+    public static func += (a: inout PageCounters, b: PageCounters) {
+        a.dataPages += b.dataPages; a.zeroPages += b.zeroPages
+        a.wireBytes += b.wireBytes; a.rawBytes += b.rawBytes
+    }
 }
 
 /// Scans guest memory in place and sends pages in batches.
@@ -73,6 +78,13 @@ public final class PageEncoder {
 
     public func resetCounters() { counters = PageCounters() }
 
+    /// Whether `bitmap` selects any of the `count` pages from page `window`.
+    static func selects(_ bitmap: [UInt64], window: Int, count: Int) -> Bool {
+        var w = window / 64
+        while w < (window + count + 63) / 64 && w < bitmap.count { if bitmap[w] != 0 { return true }; w += 1 }
+        return false
+    }
+
     @inline(__always)
     static func isZero(_ p: UnsafeRawPointer) -> Bool {
         let w = p.assumingMemoryBound(to: UInt64.self)
@@ -104,12 +116,7 @@ public final class PageEncoder {
         guard window >= 0 && window < pages else { return }
         let count = min(PageBatch.windowPages, pages - window)
         // Quick skip of an empty window.
-        if let bm = bitmap {
-            var any = false
-            var w = window / 64
-            while w < (window + count + 63) / 64 && w < bm.count { if bm[w] != 0 { any = true; break }; w += 1 }
-            if !any { return }
-        }
+        if let bm = bitmap, !Self.selects(bm, window: window, count: count) { return }
         for i in 0..<PageBatch.bitmapBytes { sentBits[i] = 0; zeroBits[i] = 0 }
         var dataPages = 0
         var inBatch = 0
@@ -189,6 +196,12 @@ public final class PageEncoder {
 
 /// Applies received page batches to guest memory, validating everything first.
 public final class PageDecoder {
+    /// A page the batch says is zero: written only if it is not (a read costs less than
+    /// dirtying, and first-touching, a page).
+    static func clearPage(_ dst: UnsafeMutableRawPointer) {
+        if !PageEncoder.isZero(dst) { memset(dst, 0, PageBatch.pageSize) }
+    }
+
     let memory: GuestMemory
     private var scratch: UnsafeMutableRawPointer
     public private(set) var counters = PageCounters()
@@ -285,7 +298,7 @@ public final class PageDecoder {
         for i in 0..<windowPages where sent[i / 8] & (1 << UInt8(i % 8)) != 0 {
             let dst = region.host + Int(offset) + i * PageBatch.pageSize
             if zero[i / 8] & (1 << UInt8(i % 8)) != 0 {
-                if !PageEncoder.isZero(dst) { memset(dst, 0, PageBatch.pageSize) }
+                Self.clearPage(dst)
                 counters.zeroPages += 1
             } else {
                 dst.copyMemory(from: data + next * PageBatch.pageSize, byteCount: PageBatch.pageSize)
@@ -327,7 +340,7 @@ public final class PageDecoder {
         }
         for i in 0..<b.windowPages where zero(i) {
             let dst = base + i * PageBatch.pageSize
-            if !PageEncoder.isZero(dst) { memset(dst, 0, PageBatch.pageSize) }
+            Self.clearPage(dst)
             counters.zeroPages += 1
         }
         counters.dataPages += b.dataPages
