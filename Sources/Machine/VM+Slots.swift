@@ -1,8 +1,8 @@
 import Foundation
 
-/// Registers a machine's memory slots (built with `deferMemorySlots`) on a thread of its own:
-/// creating a large slot takes milliseconds on a nested host (KVM waits for an RCU grace
-/// period), which loading a kernel or receiving the first pages can hide.
+/// Registers a machine's memory slots (built with `deferMemorySlots`) on a thread of its own: a
+/// slot made after the irqchip waits for a grace period KVM began then (milliseconds on a nested
+/// host), which receiving the first pages of a migration can hide.
 public final class SlotRegistration: @unchecked Sendable {
     private let done = NSCondition()
     private var result: Result<Void, VMError>?

@@ -120,12 +120,8 @@ public struct VMConfig: Sendable {
     public var cpuidTable: [CPUIDEntry]?
     /// Guest RAM exists in this process but is not yet given to KVM: call
     /// `registerMemorySlots()` before the vCPUs run (a migration target does that while pages
-    /// arrive, since creating a large slot takes milliseconds).
+    /// arrive, since a slot made after the irqchip takes milliseconds).
     public var deferMemorySlots: Bool
-    /// Guest RAM is given to KVM on a thread of its own while the rest of the machine is built
-    /// and the kernel loads (`run`: a slot takes milliseconds to create on a nested host);
-    /// `VM.waitForMemorySlots()` or `start()` waits for it.
-    public var memorySlotsInBackground = false
     /// Guest RAM's initial contents come from this file (a snapshot being restored).
     public var memoryFile: MemoryFile?
     /// What guest RAM is made of (`--memory-backend`).

@@ -55,8 +55,6 @@ struct Run: ParsableCommand {
         guard let backend = MemoryBackend.parse(memoryBackend) else { throw fail("--memory-backend '\(memoryBackend)' is not anonymous or memfd") }
         config.memoryBackend = backend
         do { try config.validate() } catch { throw fail("\(error)") }
-        // Guest RAM is given to KVM on a thread of its own while the kernel loads.
-        config.memorySlotsInBackground = true
         let kernelBytes = try readInput(kernel, what: "kernel")
         let initrdBytes = try initrd.map { try readInput($0, what: "initrd") }
         let map: MemoryMap
@@ -75,7 +73,6 @@ struct Run: ParsableCommand {
                                                          memoryMap: map, cpus: cpus, acpi: !noACPI,
                                                          virtioDevices: vm.devices.virtio.count)))
         } catch {
-            try? vm.waitForMemorySlots()
             vm.tearDown(.internalError("boot failed"))
             throw fail("\(kernel): \(error)")
         }
@@ -84,22 +81,15 @@ struct Run: ParsableCommand {
         let socketPath = console.apiSocket ?? (name != "swiftvmm" ? apiSocketPath(for: name) : nil)
         let server: ControlServer?
         do { server = try socketPath.map { try startControlServer(path: $0, controller: controller) } } catch {
-            try? vm.waitForMemorySlots()
             vm.tearDown(.internalError("no control socket"))
             throw error
         }
         defer { server?.stop() }
         do { try confinement.lockDown() } catch {
-            try? vm.waitForMemorySlots()
             vm.tearDown(.internalError("not confined"))
             throw error
         }
         StartupTrace.mark("confined")
-        do { try vm.waitForMemorySlots() } catch {
-            vm.tearDown(.internalError("no memory slots"))
-            throw fail("cannot give guest memory to KVM: \(error)")
-        }
-        StartupTrace.mark("slots")
         throw ExitCode(runUntilStopped(vm, controller: controller))
     }
 }

@@ -73,11 +73,13 @@ public struct TargetMachineBuilder: Sendable {
         return out
     }
 
-    /// Builds the machine, paused, with guest RAM not yet given to KVM; the device layout must
-    /// come out exactly as the guest's. With `memoryFile`, guest RAM starts as that file's bytes.
-    public func build(_ desc: MachineDescription, memoryFile: MemoryFile? = nil) throws -> VM {
+    /// Builds the machine, paused, the device layout exactly as the guest's; with `deferSlots`
+    /// guest RAM is not yet given to KVM (`registerMemorySlots()`). With `memoryFile`, guest RAM
+    /// starts as that file's bytes.
+    public func build(_ desc: MachineDescription, memoryFile: MemoryFile? = nil, deferSlots: Bool = true) throws -> VM {
         var config = try config(for: desc)
         config.memoryFile = memoryFile
+        config.deferMemorySlots = deferSlots
         let vm: VM
         do { vm = try VM(config: config) } catch { throw MigrationError.refused("cannot build the machine: \(error)") }
         let mine = vm.devices.all.map(\.stateName)

@@ -91,13 +91,15 @@ final class TargetPreCheck: MigrationStep {
         for i in options.machine.disks.indices where options.machine.disks[i].copy {
             options.machine.disks[i].descriptor = s.diskCopy?.descriptor(volume: options.machine.disks[i].volume)
         }
-        let vm = try options.machine.build(desc)
+        // A hand-over's state follows at once, so its slots are made with the machine (fastest
+        // before the irqchip exists); a copy's are made while the first pages arrive.
+        let vm = try options.machine.build(desc, deferSlots: !desc.handover)
         s.vm = vm
         s.description = desc
         s.target.onMachine?(vm)
         // Guest RAM goes to KVM on another thread while the first pages arrive; joined before
         // the first round is acknowledged.
-        s.slots = SlotRegistration(vm: vm)
+        if !desc.handover { s.slots = SlotRegistration(vm: vm) }
         // Every NIC to announce after the hand-off, and a dry run of loading state, found now
         // rather than in the downtime (type lookups and first uses cost tens of µs each).
         s.announcers = vm.devices.all.compactMap { $0 as? any AnnouncingDevice }
@@ -109,8 +111,6 @@ final class TargetPreCheck: MigrationStep {
         }
         vm.start(paused: true)
         vm.devices.quiesce()
-        // A hand-over's state follows at once: the slots must exist before it comes.
-        if desc.handover { try s.slots?.wait() }
         let token = channels > 1 ? Auth.nonce() : nil
         try conn.send(Accept(name: vm.config.name, mirrorVolumes: present, stateLoadMs: loadMs, channelToken: token?.hexString))
         if let token { try s.acceptChannels(count: channels, token: token) }
