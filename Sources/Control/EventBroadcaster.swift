@@ -60,7 +60,9 @@ public final class EventBroadcaster: @unchecked Sendable {
                 confined = true
             }
             var gone: [Int] = []
-            for e in batch {
+            // With no client, nothing is written (nor serialized: the first serialization
+            // loads Foundation's collation tables).
+            for e in batch where !targets.isEmpty {
                 guard var data = try? JSONSerialization.data(withJSONObject: e, options: [.sortedKeys]) else { continue }
                 data.append(10)
                 let line = [UInt8](data)
