@@ -10,6 +10,8 @@ import Machine
 func runUntilStopped(_ vm: VM, controller: MachineController? = nil, alreadyStarted: Bool = false) -> Int32 {
     Signals.shared.onTerminate { sig in vm.stop(.signal(sig)) }
     if !alreadyStarted { vm.start() }
+    // The guest runs: the code only start-up needed need not stay mapped.
+    StartupText.release()
     let reason = vm.waitForStop()
     defer { controller?.finish() }
     if reason == .migrated || reason == .saved, let controller {

@@ -5,7 +5,7 @@ import Synchronization
 /// start a guest mark their phases (`mark`), and at the first guest entry two lines go to
 /// stderr — the phases as milliseconds since `main`, and CLOCK_MONOTONIC at the first KVM_RUN:
 ///
-///     swiftvmm: startup main 0.00 · parsed 1.92 · machine 5.10 · loaded 5.41 · slots 6.02 ms (main at monotonic N ns)
+///     swiftvmm: startup main 0.00 · parsed 2.80 · machine 4.05 · loaded 4.26 · confined 4.93 ms (main at monotonic N ns)
 ///     swiftvmm: first KVM_RUN at monotonic N ns
 public enum StartupTrace {
     public static let enabled = getenv("SWIFTVMM_TRACE_STARTUP") != nil

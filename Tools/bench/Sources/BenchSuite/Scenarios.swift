@@ -57,7 +57,7 @@ struct Startup: Scenario {
                  + "firmware before the PVH entry; on this host firmware (ring-0/real-mode code) is emulated, "
                  + "so that cost is part of QEMU's figure.",
                  "swiftvmm runs with SWIFTVMM_TRACE_STARTUP set: the end of each start-up phase (main entered, "
-                 + "options parsed, machine built, kernel loaded, confined, memory slots ready) and its first KVM_RUN "
+                 + "options parsed, machine built with its guest RAM given to KVM, kernel loaded, confined) and its first KVM_RUN "
                  + "are in each run's detail (`main_ms`, `parsed_ms`, …, `first_kvm_run_ms`, ms since the spawn), not figures."]
 
     func params(_ env: BenchEnvironment) -> JSONObject {
