@@ -44,6 +44,7 @@ let package = Package(
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "Machine"]),
         .testTarget(name: "ControlTests", dependencies: ["Control"]),
+        .testTarget(name: "CommandTests", dependencies: ["swiftvmm"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Machine", "Harness"], exclude: ["qmp"]),
         // The harness the integration tests and the benchmarks share: child processes with
         // collected output, namespaces, the migration rig, a QMP/JSON-lines client, clean-up.

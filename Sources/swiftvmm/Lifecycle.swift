@@ -5,13 +5,21 @@ import Foundation
 import Glibc
 import Machine
 
+/// How long after the guest starts the start-up code is let go of (s).
+let startupTextGrace = 0.25
+
 /// Runs `vm` until it stops, turning SIGINT/SIGTERM into a clean stop, and returns the
 /// process exit code for the reason it stopped.
 func runUntilStopped(_ vm: VM, controller: MachineController? = nil, alreadyStarted: Bool = false) -> Int32 {
     Signals.shared.onTerminate { sig in vm.stop(.signal(sig)) }
     if !alreadyStarted { vm.start() }
-    // The guest runs: the code only start-up needed need not stay mapped.
-    StartupText.release()
+    // The code only start-up ran need not stay mapped once the guest is under way: a moment
+    // after the start (unmapping at once would make the guest's first exits fault their code
+    // back in while it boots), and after the vCPU threads set themselves up.
+    if !vm.hasStopped(within: startupTextGrace) {
+        vm.waitUntilStarted(timeout: 1)
+        StartupText.release()
+    }
     let reason = vm.waitForStop()
     defer { controller?.finish() }
     if reason == .migrated || reason == .saved, let controller {

@@ -43,8 +43,9 @@ struct SwiftVMM: ParsableCommand {
     static func runDirectly(_ argv: [String]) {
         guard argv.count >= 2, let type = startsAGuest[argv[1]] else { return }
         let rest = Array(argv.dropFirst(2))
+        let quick: (any ParsableCommand)? = argv[1] == "run" ? Run.quick(rest) : nil
         guard !rest.contains(where: { $0 == "-h" || $0 == "--help" || $0 == "-help" || $0 == "--version" }),
-              var command = try? type.parseAsRoot(rest) else { return }
+              var command = quick ?? (try? type.parseAsRoot(rest)) else { return }
         StartupTrace.mark("parsed")
         do {
             try command.run()

@@ -41,6 +41,8 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         var firstRunNs: UInt64 = 0
         var parked = 0
         var running = 0
+        /// vCPU threads past their own set-up (confined, registered).
+        var started = 0
         var stop: StopReason?
         var threads: [pthread_t?] = []
         /// Fraction (0…99 %) of each slice a vCPU sleeps.
@@ -141,6 +143,24 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         observer?(.resumed)
     }
 
+    /// Waits at most `timeout` s for the machine to stop (every vCPU thread gone); true if it did.
+    public func hasStopped(within timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        return lock.locked {
+            while (control.stop == nil || control.running > 0) && lock.wait(until: deadline) {}
+            return control.stop != nil && control.running == 0
+        }
+    }
+
+    /// Waits (at most `timeout` s) until every vCPU thread has finished its own set-up, or the
+    /// machine stopped.
+    public func waitUntilStarted(timeout: Double) {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.locked {
+            while control.started < vcpus.count && control.stop == nil && lock.wait(until: deadline) {}
+        }
+    }
+
     /// When the first vCPU thread left its pause after the last `resume()` (CLOCK_REALTIME,
     /// ns) — the end of a downtime as the guest sees it — waiting for it at most `timeout` s.
     public func firstRunAfterResume(timeout: Double) -> UInt64? {
@@ -228,6 +248,8 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         lock.locked {
             control.threads[Int(v.id)] = pthread_self()
             control.threadIDs[Int(v.id)] = clinux_gettid()
+            control.started += 1
+            lock.broadcast()
         }
         _ = clinux_unblock_signal(Self.kickSignal)
         defer {
