@@ -34,12 +34,10 @@ let package = Package(
             "Machine", "CLZ4", "CFDT", "CFast", "COpenSSL",
         ], linkerSettings: [.linkedLibrary(":libcrypto.a")]),
         .target(name: "Control", dependencies: ["Machine", "Migration"]),
-        // Linked at a fixed address: a position-independent swiftvmm had ~95,000 relative
-        // relocations, whose pages the loader wrote (and the process kept) before main ran.
         .executableTarget(name: "swiftvmm", dependencies: [
             "Machine", "Migration", "Control",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], linkerSettings: [.unsafeFlags(["-Xclang-linker", "-no-pie"])]),
+        ]),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "Machine"]),
