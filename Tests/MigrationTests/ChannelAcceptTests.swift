@@ -54,4 +54,37 @@ struct ChannelAcceptTests {
         #expect(result?.failure != nil, "\(String(describing: result))")
         guest.vm.tearDown(.signal(SIGTERM))
     }
+
+    @Test("a connection that says nothing holds up none of the real ones")
+    func silentStrangerHoldsNothingUp() throws {
+        let guest = try LocalGuest("memtouch.elf", cmdline: "size=4M heartbeat-ms=100 passes=0")
+        let migration = try LocalMigration()
+        let conn = Connection(fd: try Transport.connect(migration.endpoint))
+        defer { conn.close() }
+        conn.idleTimeout = 30
+        let hello = Hello(streamVersion: Wire.streamVersion, vmmVersion: "test", name: "local", uuid: UUID().uuidString.lowercased(),
+                          nonce: "", hasKey: false)
+        _ = try Handshake.initiate(conn, hello: hello, key: nil)
+        var description = MachineDescription.of(guest.vm, uuid: hello.uuid)
+        description.channels = 3
+        try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
+        let token = try #require(try conn.expect(Accept.self).channelToken)
+
+        // The stranger connects first and, once the target has greeted it, says nothing.
+        let stranger = Connection(fd: try Transport.connect(migration.endpoint))
+        defer { stranger.close() }
+        stranger.idleTimeout = 15
+        _ = try stranger.readPreamble()
+        #expect(try Self.present(migration.endpoint, token: token, index: 1).get().index == 1)
+        #expect(try Self.present(migration.endpoint, token: token, index: 2).get().index == 2)
+        // Both were taken while the stranger's greeting was still waiting (it is dropped only
+        // after 3 s of silence): its connection is still open, nothing more written to it.
+        var byte: UInt8 = 0
+        let n = recv(stranger.fd, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
+        #expect(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "the stranger's connection ended or got data: \(n)")
+        try conn.send(CancelNotice(desc: "test over"))
+        let result = migration.targetResult(timeout: 30)
+        #expect(result?.failure != nil, "\(String(describing: result))")
+        guest.vm.tearDown(.signal(SIGTERM))
+    }
 }

@@ -1,4 +1,6 @@
+import Dispatch
 import Machine
+import Synchronization
 
 /// `send --connections N`: opening the extra data connections and sending a round over them
 /// (`PageChannels`).
@@ -12,12 +14,18 @@ extension SourceSession {
             throw MigrationError.stream("the target did not take \(count) connections (no channel token in its accept)")
         }
         let main = try conn()
-        var opened: [Connection] = []
-        do {
-            for i in 1..<count { opened.append(try connectChannel(i, token: token)) }
-        } catch {
+        // All at once: each opening is a round trip or two.
+        let results = Mutex([Result<Connection, any Error>?](repeating: nil, count: count - 1))
+        DispatchQueue.concurrentPerform(iterations: count - 1) { k in
+            let r = Result { try connectChannel(k + 1, token: token) }
+            results.withLock { $0[k] = r }
+        }
+        let all = results.withLock { $0 }
+        let opened = all.compactMap { r -> Connection? in if case .success(let c)? = r { return c } else { return nil } }
+        if let k = all.firstIndex(where: { if case .success? = $0 { return false } else { return true } }) {
             for c in opened { c.close() }
-            throw MigrationError.connection("cannot open data connection \(opened.count + 1) of \(count) to \(options.endpoint): \(error)")
+            let why: String = { if case .failure(let e)? = all[k] { return "\(e)" } else { return "not opened" } }()
+            throw MigrationError.connection("cannot open data connection \(k + 1) of \(count) to \(options.endpoint): \(why)")
         }
         let lanes = ([main] + opened).enumerated().map { i, c in
             PageChannels.Lane(index: i, connection: c, encoder: PageEncoder(memory: vm.memory, connection: c, compression: options.compression))

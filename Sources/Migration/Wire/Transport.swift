@@ -218,13 +218,15 @@ public enum Transport {
     }
 
     /// Accepts one connection; returns nil when `cancelled()` turns true first.
-    public static func acceptOne(_ listener: Int32, tcp: Bool, cancelled: () -> Bool) throws -> Int32? {
+    /// A readable `wake` descriptor (an eventfd) ends the wait at once, returning nil.
+    public static func acceptOne(_ listener: Int32, tcp: Bool, wake: Int32? = nil, cancelled: () -> Bool) throws -> Int32? {
         while true {
             if cancelled() { return nil }
-            var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            let r = poll(&p, 1, 200)
+            var p = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0), pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0)]
+            let r = poll(&p, nfds_t(wake == nil ? 1 : 2), 200)
             if r < 0 && errno != EINTR { throw MigrationError.connection("poll: \(errorText(errno))") }
-            if r > 0 {
+            if wake != nil && p[1].revents != 0 { return nil }
+            if r > 0 && p[0].revents != 0 {
                 let fd = accept(listener, nil, nil)
                 if fd >= 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC); tune(fd, tcp: tcp); return fd }
                 if errno != EINTR && errno != EAGAIN { throw MigrationError.connection("accept: \(errorText(errno))") }
