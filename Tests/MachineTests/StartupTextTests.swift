@@ -5,20 +5,24 @@ import Testing
 /// Letting go of start-up code once the guest runs: which mappings, and that the process goes on.
 @Suite("start-up code released")
 struct StartupTextTests {
-    @Test("only private, executable, file-backed mappings are chosen")
+    @Test("only private, executable, file-backed mappings without a private copy of a page are chosen")
     func choosesExecutableFileMappings() {
-        let maps = """
-        00400000-01817000 r-xp 00000000 fe:00 1234                               /usr/bin/swiftvmm
-        01818000-03cbf000 rw-p 01417000 fe:00 1234                               /usr/bin/swiftvmm
-        7f00a0000000-7f00a0100000 r--p 00000000 fe:00 77                         /usr/lib/libc.so.6
-        7f00a0100000-7f00a0280000 r-xp 00100000 fe:00 77                         /usr/lib/libc.so.6
-        7f00a1000000-7f00a1001000 r-xp 00000000 00:00 0
-        7f00a2000000-7f00a2002000 r-xp 00000000 00:00 0                          [vdso]
-        7f00a3000000-7f00a3010000 r-xs 00000000 00:05 9                          /memfd:x (deleted)
-        7f00a4000000-7f00a4010000 rwxp 00000000 fe:00 88                         /tmp/jit
-        garbage line
-        """
-        let ranges = StartupText.executableFileRanges(maps)
+        func mapping(_ header: String, anonymous: Int = 0) -> String {
+            header + "\nSize:              1024 kB\nRss:                512 kB\nAnonymous:      \(anonymous) kB\nVmFlags: rd ex mr mw me\n"
+        }
+        let smaps = [
+            mapping("00400000-01817000 r-xp 00000000 fe:00 1234                               /usr/bin/swiftvmm"),
+            mapping("01818000-03cbf000 rw-p 01417000 fe:00 1234                               /usr/bin/swiftvmm", anonymous: 108),
+            mapping("7f00a0000000-7f00a0100000 r--p 00000000 fe:00 77                         /usr/lib/libc.so.6"),
+            mapping("7f00a0100000-7f00a0280000 r-xp 00100000 fe:00 77                         /usr/lib/libc.so.6"),
+            mapping("7f00a0300000-7f00a0380000 r-xp 00000000 fe:00 78                         /usr/lib/libprobed.so", anonymous: 4),
+            mapping("7f00a1000000-7f00a1001000 r-xp 00000000 00:00 0"),
+            mapping("7f00a2000000-7f00a2002000 r-xp 00000000 00:00 0                          [vdso]"),
+            mapping("7f00a3000000-7f00a3010000 r-xs 00000000 00:05 9                          /memfd:x (deleted)"),
+            mapping("7f00a4000000-7f00a4010000 rwxp 00000000 fe:00 88                         /tmp/jit"),
+            "garbage line\n",
+        ].joined()
+        let ranges = StartupText.executableFileRanges(smaps)
         #expect(ranges.map(\.start) == [0x40_0000, 0x7f00_a010_0000])
         #expect(ranges.map(\.end) == [0x181_7000, 0x7f00_a028_0000])
     }
