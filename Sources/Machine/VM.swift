@@ -147,10 +147,8 @@ public final class VM: @unchecked Sendable {
         runner.start(paused: paused)
         if !paused { beginMirrorSyncs() }
     }
-    /// Waits (at most `timeout` s) until every vCPU thread has set itself up (or the machine stopped).
-    public func waitUntilStarted(timeout: Double) { runner.waitUntilStarted(timeout: timeout) }
-    /// Waits at most `timeout` s for the machine to stop; true if it did.
-    public func hasStopped(within timeout: Double) -> Bool { runner.hasStopped(within: timeout) }
+    /// `waitForStop()` for at most `timeout` s; nil when the machine still runs.
+    public func waitForStop(timeout: Double) -> StopReason? { runner.waitForStop(timeout: timeout) }
     /// Blocks until the machine stops, then returns why. vCPU threads have all left by then.
     public func waitForStop() -> StopReason { runner.waitForStop() }
     public var stopReason: StopReason? { runner.stopReason }

@@ -15,11 +15,8 @@ func runUntilStopped(_ vm: VM, controller: MachineController? = nil, alreadyStar
     if !alreadyStarted { vm.start() }
     // The code only start-up ran need not stay mapped once the guest is under way: a moment
     // after the start (unmapping at once would make the guest's first exits fault their code
-    // back in while it boots), and after the vCPU threads set themselves up.
-    if !vm.hasStopped(within: startupTextGrace) {
-        vm.waitUntilStarted(timeout: 1)
-        StartupText.release()
-    }
+    // back in while it boots).
+    if vm.waitForStop(timeout: startupTextGrace) == nil { StartupText.release() }
     let reason = vm.waitForStop()
     defer { controller?.finish() }
     if reason == .migrated || reason == .saved, let controller {

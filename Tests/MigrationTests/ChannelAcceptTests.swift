@@ -25,19 +25,9 @@ struct ChannelAcceptTests {
 
     @Test("a wrong token, an index out of range and a taken index are refused; the right token is taken once")
     func strangersAreRefused() throws {
-        let guest = try LocalGuest("memtouch.elf", cmdline: "size=4M heartbeat-ms=100 passes=0")
-        let migration = try LocalMigration()
-        let conn = Connection(fd: try Transport.connect(migration.endpoint))
-        defer { conn.close() }
-        conn.idleTimeout = 30
-        let hello = Hello(streamVersion: Wire.streamVersion, vmmVersion: "test", name: "local", uuid: UUID().uuidString.lowercased(),
-                          nonce: "", hasKey: false)
-        _ = try Handshake.initiate(conn, hello: hello, key: nil)
-        var description = MachineDescription.of(guest.vm, uuid: hello.uuid)
-        description.channels = 3
-        try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
-        let accept = try conn.expect(Accept.self)
-        let token = try #require(accept.channelToken)
+        let source = try HandDrivenSource(channels: 3)
+        defer { source.close() }
+        let (migration, token) = (source.migration, source.token)
         #expect(token.count == 64, "\(token)")
 
         let wrong = String(repeating: "0", count: 64)
@@ -49,26 +39,14 @@ struct ChannelAcceptTests {
         #expect(throws: (any Error).self) { try Self.present(migration.endpoint, token: token, index: 2).get() }
         #expect(try Self.present(migration.endpoint, token: token, index: 1).get().index == 1)
         // The migration fails cleanly: the target never runs a guest it did not receive.
-        try conn.send(CancelNotice(desc: "test over"))
-        let result = migration.targetResult(timeout: 30)
-        #expect(result?.failure != nil, "\(String(describing: result))")
-        guest.vm.tearDown(.signal(SIGTERM))
+        try source.cancel()
     }
 
     @Test("a connection that says nothing holds up none of the real ones")
     func silentStrangerHoldsNothingUp() throws {
-        let guest = try LocalGuest("memtouch.elf", cmdline: "size=4M heartbeat-ms=100 passes=0")
-        let migration = try LocalMigration()
-        let conn = Connection(fd: try Transport.connect(migration.endpoint))
-        defer { conn.close() }
-        conn.idleTimeout = 30
-        let hello = Hello(streamVersion: Wire.streamVersion, vmmVersion: "test", name: "local", uuid: UUID().uuidString.lowercased(),
-                          nonce: "", hasKey: false)
-        _ = try Handshake.initiate(conn, hello: hello, key: nil)
-        var description = MachineDescription.of(guest.vm, uuid: hello.uuid)
-        description.channels = 3
-        try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
-        let token = try #require(try conn.expect(Accept.self).channelToken)
+        let source = try HandDrivenSource(channels: 3)
+        defer { source.close() }
+        let (migration, token) = (source.migration, source.token)
 
         // The stranger connects first and, once the target has greeted it, says nothing.
         let stranger = Connection(fd: try Transport.connect(migration.endpoint))
@@ -82,9 +60,41 @@ struct ChannelAcceptTests {
         var byte: UInt8 = 0
         let n = recv(stranger.fd, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
         #expect(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "the stranger's connection ended or got data: \(n)")
+        try source.cancel()
+    }
+}
+
+/// The source's side of a migration driven by hand up to the target's `accept`: a local guest's
+/// description asking for `channels` connections, and the token the target answered with.
+struct HandDrivenSource {
+    let guest: LocalGuest
+    let migration: LocalMigration
+    let conn: Connection
+    let token: String
+
+    init(channels: Int) throws {
+        guest = try LocalGuest("memtouch.elf", cmdline: "size=4M heartbeat-ms=100 passes=0")
+        migration = try LocalMigration()
+        conn = Connection(fd: try Transport.connect(migration.endpoint))
+        conn.idleTimeout = 30
+        let hello = Hello(streamVersion: Wire.streamVersion, vmmVersion: "test", name: "local", uuid: UUID().uuidString.lowercased(),
+                          nonce: "", hasKey: false)
+        _ = try Handshake.initiate(conn, hello: hello, key: nil)
+        var description = MachineDescription.of(guest.vm, uuid: hello.uuid)
+        description.channels = channels
+        try conn.send(.config, bytes: try FDTCodec.encode(description.stateNode))
+        token = try #require(try conn.expect(Accept.self).channelToken)
+    }
+
+    /// Ends the migration: the target fails it cleanly, never running a guest it did not receive.
+    func cancel() throws {
         try conn.send(CancelNotice(desc: "test over"))
         let result = migration.targetResult(timeout: 30)
         #expect(result?.failure != nil, "\(String(describing: result))")
+    }
+
+    func close() {
+        conn.close()
         guest.vm.tearDown(.signal(SIGTERM))
     }
 }

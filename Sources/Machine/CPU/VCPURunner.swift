@@ -41,8 +41,6 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         var firstRunNs: UInt64 = 0
         var parked = 0
         var running = 0
-        /// vCPU threads past their own set-up (confined, registered).
-        var started = 0
         var stop: StopReason?
         var threads: [pthread_t?] = []
         /// Fraction (0…99 %) of each slice a vCPU sleeps.
@@ -92,10 +90,25 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
 
     /// Blocks until the machine stops and every vCPU thread has left, then returns why.
     public func waitForStop() -> StopReason {
+        waitForStop(timeout: nil) ?? .internalError("stopped without a reason")
+    }
+
+    /// `waitForStop()` for at most `timeout` s (nil: no limit); nil when the machine still runs.
+    public func waitForStop(timeout: Double?) -> StopReason? {
         lock.locked {
-            while control.stop == nil || control.running > 0 { lock.wait() }
-            return control.stop ?? .internalError("stopped without a reason")
+            waitLocked(timeout: timeout) { control.stop != nil && control.running == 0 } ? control.stop : nil
         }
+    }
+
+    /// Waits, holding the lock, until `done()` or for `timeout` s (nil: no limit); whether it holds.
+    private func waitLocked(timeout: Double?, until done: () -> Bool) -> Bool {
+        guard let timeout else {
+            while !done() { lock.wait() }
+            return true
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while !done() && lock.wait(until: deadline) {}
+        return done()
     }
 
     /// The reason the machine stopped, if it has.
@@ -143,30 +156,11 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         observer?(.resumed)
     }
 
-    /// Waits at most `timeout` s for the machine to stop (every vCPU thread gone); true if it did.
-    public func hasStopped(within timeout: Double) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        return lock.locked {
-            while (control.stop == nil || control.running > 0) && lock.wait(until: deadline) {}
-            return control.stop != nil && control.running == 0
-        }
-    }
-
-    /// Waits (at most `timeout` s) until every vCPU thread has finished its own set-up, or the
-    /// machine stopped.
-    public func waitUntilStarted(timeout: Double) {
-        let deadline = Date().addingTimeInterval(timeout)
-        lock.locked {
-            while control.started < vcpus.count && control.stop == nil && lock.wait(until: deadline) {}
-        }
-    }
-
     /// When the first vCPU thread left its pause after the last `resume()` (CLOCK_REALTIME,
     /// ns) — the end of a downtime as the guest sees it — waiting for it at most `timeout` s.
     public func firstRunAfterResume(timeout: Double) -> UInt64? {
-        let deadline = Date().addingTimeInterval(timeout)
-        return lock.locked {
-            while control.firstRunNs == 0 && control.stop == nil && lock.wait(until: deadline) {}
+        lock.locked {
+            _ = waitLocked(timeout: timeout) { control.firstRunNs != 0 || control.stop != nil }
             return control.firstRunNs == 0 ? nil : control.firstRunNs
         }
     }
@@ -248,8 +242,6 @@ public final class VCPURunner: @unchecked Sendable, StopRequester {
         lock.locked {
             control.threads[Int(v.id)] = pthread_self()
             control.threadIDs[Int(v.id)] = clinux_gettid()
-            control.started += 1
-            lock.broadcast()
         }
         _ = clinux_unblock_signal(Self.kickSignal)
         defer {

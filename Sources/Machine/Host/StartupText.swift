@@ -13,7 +13,7 @@ public enum StartupText {
     /// /proc/self/smaps cannot be read — nothing else changes then).
     @discardableResult
     public static func release() -> Int {
-        guard let maps = readWhole("/proc/self/smaps") else { return 0 }
+        guard let maps = readWholeFile("/proc/self/smaps") else { return 0 }
         var covered = 0
         for r in executableFileRanges(maps) {
             guard let p = UnsafeMutableRawPointer(bitPattern: r.start) else { continue }
@@ -47,21 +47,5 @@ public enum StartupText {
         }
         finish()
         return out
-    }
-
-    private static func readWhole(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { return nil }
-            if n == 0 { break }
-            bytes += chunk[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }

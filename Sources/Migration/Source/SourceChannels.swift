@@ -21,10 +21,12 @@ extension SourceSession {
             results.withLock { $0[k] = r }
         }
         let all = results.withLock { $0 }
-        let opened = all.compactMap { r -> Connection? in if case .success(let c)? = r { return c } else { return nil } }
-        if let k = all.firstIndex(where: { if case .success? = $0 { return false } else { return true } }) {
+        let opened = all.compactMap { try? $0?.get() }
+        if opened.count < all.count {
             for c in opened { c.close() }
-            let why: String = { if case .failure(let e)? = all[k] { return "\(e)" } else { return "not opened" } }()
+            let k = all.firstIndex { (try? $0?.get()) == nil } ?? 0
+            var why = "not opened"
+            if case .failure(let e)? = all[k] { why = "\(e)" }
             throw MigrationError.connection("cannot open data connection \(k + 1) of \(count) to \(options.endpoint): \(why)")
         }
         let lanes = ([main] + opened).enumerated().map { i, c in

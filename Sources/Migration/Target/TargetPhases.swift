@@ -352,7 +352,7 @@ final class TargetHandOff: MigrationStep {
 enum HostMemory {
     /// MemAvailable from /proc/meminfo.
     static func available() -> UInt64? {
-        guard let text = Transport.readWhole("/proc/meminfo") else { return nil }
+        guard let text = readWholeFile("/proc/meminfo") else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
             let parts = line.split(separator: " ")
             if parts.count >= 2, let kb = UInt64(parts[1]) { return kb * 1024 }

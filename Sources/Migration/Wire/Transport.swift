@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Machine
 
 /// Where a migration stream goes: `tcp:HOST:PORT` or `unix:PATH`.
 public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
@@ -186,26 +187,10 @@ public enum Transport {
         }
     }
 
-    /// All of a file read with read(2) until end of file (procfs files report no size).
-    static func readWhole(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var out = [UInt8]()
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { break }
-            out += chunk[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
     /// True when a process listens on the UNIX socket at `path` (from /proc/net/unix).
     static func isListening(unixPath path: String) -> Bool {
         // Read to the end: a procfs file has no size, and one read returns only its first page.
-        guard let table = readWhole("/proc/net/unix") else { return false }
+        guard let table = readWholeFile("/proc/net/unix") else { return false }
         let resolved = URL(fileURLWithPath: path).standardizedFileURL.path
         for line in table.split(separator: "\n").dropFirst() {
             let f = line.split(separator: " ", omittingEmptySubsequences: true)
